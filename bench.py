@@ -1,0 +1,340 @@
+"""Throughput of this repo's pipeline. Each mode is measured in one process, so the ratios within it are fair.
+
+    python bench.py --aug      # augmentation images/s on one core: this repo (Albumentations) vs torchvision v2
+    python bench.py --loader   # views/s of the two-view training loader for 0, 1, ... workers
+    python bench.py --step     # MoCo / SimCLR training-step images/s: fp32 vs mixed precision, channels_last
+    python bench.py --epoch    # one epoch of the default MoCo recipe (real loader + kNN monitor); 200-epoch projection
+    python bench.py --knn      # seconds and peak memory of the kNN monitor, 50,000-image bank x 10,000 queries
+    python bench.py --all      # every mode (aug last, so its headline is the last line)
+
+--quick shrinks every size so a run takes seconds (the test). Tables print as markdown rows, each headed by the
+machine, so they paste into BENCHMARKS.md.
+"""
+import gc
+import itertools
+import math
+import os
+import platform
+import re
+import time
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations otherwise checks PyPI for updates at import
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision.transforms import v2
+
+import moco_augmented
+import simclr_main
+from augmentations import build_ops, build_transform
+from datasets import TransformDataset, dataset_info, load_splits, make_eval_loader, make_train_loader, synthetic_images
+from evaluation import knn_predict, knn_top1
+from losses import nt_xent
+from models import MoCo, SimCLR
+from training import ArgumentParser, Runtime, run_main, setup_runtime, train_epoch
+
+DEMO = moco_augmented.parse_args([])  # the default MoCo recipe (the CIFAR demo's): aug, crops, batch, workers, model
+PRESETS = ("original", "ours", "simclr")
+# torchvision v2 counterpart of each op of augmentations.OPS, built from the Albumentations op's own parameters
+TORCHVISION_OPS = {
+    "crop": lambda op: v2.RandomResizedCrop(op.size, scale=op.scale, ratio=op.ratio, antialias=True),
+    "jitter": lambda op: v2.RandomApply([v2.ColorJitter(op.brightness, op.contrast, op.saturation, op.hue)], p=op.p),
+    "flip": lambda op: v2.RandomHorizontalFlip(op.p),
+    "gray": lambda op: v2.RandomGrayscale(op.p),
+    "solarize": lambda op: v2.RandomSolarize(math.ceil(255 * op.threshold_range[0]), p=op.p),  # uint8 >= 128 inverted
+    "clahe": lambda op: v2.RandomEqualize(op.p),  # torchvision has no CLAHE: plain equalisation is the nearest op
+    "brightness_contrast": lambda op: v2.RandomApply(  # multiplicative brightness, where Albumentations adds
+        [v2.ColorJitter(brightness=op.brightness_limit[1], contrast=op.contrast_limit[1])], p=op.p),
+    "blur": lambda op: v2.RandomApply([v2.GaussianBlur(op.blur_limit[0], op.sigma_limit)], p=op.p),
+}
+SUBSTITUTES = "RandomEqualize for CLAHE, ColorJitter(brightness, contrast) for RandomBrightnessContrast"
+
+
+def usable_cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def machine(device):
+    cpu = platform.processor() or "unknown CPU"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
+    return (f"Machine: {cpu}, {usable_cores()} cores, {gpu}; torch {torch.__version__}, torchvision "
+            f"{torchvision.__version__}, albumentations {A.__version__}, opencv {cv2.__version__}")
+
+
+def table(title, device, *columns):
+    print(f"\n### {title}\n\n{machine(device)}\n\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+
+
+def row(*cells):
+    print("| " + " | ".join(str(cell) for cell in cells) + " |", flush=True)
+
+
+def free_memory(device):  # and restart the peak-memory count
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device):
+    return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}" if device.type == "cuda" else "n/a (CPU)"
+
+
+def timed(device, work):
+    """Seconds `work()` takes, the GPU's queue drained before and after."""
+    drain = torch.cuda.synchronize if device.type == "cuda" else lambda device: None
+    drain(device)
+    start = time.perf_counter()
+    work()
+    drain(device)
+    return time.perf_counter() - start
+
+
+def calls_per_second(augment, images, seconds):
+    """One image per call, as a DataLoader worker calls its dataset, cycling over `images` for `seconds`."""
+    for image in images[:16]:  # warm-up: first calls pay for lazy initialisation
+        augment(image)
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        augment(images[calls % len(images)])
+        calls += 1
+    return calls / elapsed
+
+
+def torchvision_pipeline(preset, size, mean, std):
+    ops = [TORCHVISION_OPS[name](op) for name, op in build_ops(preset, size)]
+    return v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def bench_aug(args, device):
+    info = dataset_info("synthetic")
+    small, _ = synthetic_images(256, np.random.default_rng(0))
+    images = {32: small, 96: np.stack([cv2.resize(image, (96, 96), interpolation=cv2.INTER_LINEAR) for image in small])}
+    candidates = {}
+    for preset, size in itertools.product(PRESETS, images):
+        repo = build_transform(preset, size, info.mean, info.std)
+        tv = torchvision_pipeline(preset, size, info.mean, info.std)
+        candidates[preset, size, "repo"] = lambda image, t=repo: t(image=image)["image"]
+        # torchvision gets what a dataset would hand it: the HWC numpy image as a CHW tensor view
+        candidates[preset, size, "tv"] = lambda image, t=tv: t(torch.from_numpy(image).permute(2, 0, 1))
+    threads = torch.get_num_threads(), cv2.getNumThreads()
+    # One core: torch's OpenMP pool (OMP_NUM_THREADS is only read at start-up) and OpenCV's pool, both set to 1.
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        best = dict.fromkeys(candidates, 0.0)
+        cpu_start, wall_start = time.process_time(), time.perf_counter()
+        for _ in range(args.rounds):  # best of rounds, libraries alternating, so a burst of load hits both alike
+            for key, augment in candidates.items():
+                best[key] = max(best[key], calls_per_second(augment, images[key[1]], args.seconds))
+        cpu_share = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
+    finally:
+        torch.set_num_threads(threads[0])
+        cv2.setNumThreads(threads[1])
+    table("Augmentation throughput, one core", device, "preset", "size", "this repo (Albumentations) img/s",
+          "torchvision v2 img/s", "speedup")
+    for preset, size in itertools.product(PRESETS, images):
+        repo, tv = best[preset, size, "repo"], best[preset, size, "tv"]
+        row(preset, f"{size} px", f"{repo:,.0f}", f"{tv:,.0f}", f"{repo / tv:.1f}x")
+    print(f"\nBest of {args.rounds} x {args.seconds:g} s per pipeline; torch and OpenCV at 1 thread (process CPU "
+          f"time / wall time {cpu_share:.2f}). 'ours' torchvision stand-ins: {SUBSTITUTES}.")
+    speedup = best["original", 32, "repo"] / best["original", 32, "tv"]
+    print(f"augmentation speedup vs torchvision v2 (original preset, 32 px, 1 core): {speedup:.1f}x")
+
+
+def endless(loader):
+    for epoch in itertools.count():
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+
+
+def bench_loader(args, device):
+    splits = load_splits("synthetic", synthetic_size=(args.loader_images, 100))
+    transform = build_transform(DEMO.aug, 32, splits.info.mean, splits.info.std)
+    dataset = TransformDataset(splits.pretrain, transform, n_views=DEMO.crops)
+    rt = Runtime(torch.device("cpu"), "fp32")
+    table(f"Training loader ('{DEMO.aug}', {DEMO.crops} views, batch {args.loader_batch}, "
+          f"{args.loader_images:,} images 32 px)", device, "workers", "views/s", "images/s", "ms/batch")
+    views_per_s = {}
+    for workers in args.workers:
+        loader = make_train_loader(rt, dataset, args.loader_batch, workers)
+        batches = endless(loader)
+        for _ in range(workers + 1):  # warm-up: every worker has started and delivered
+            next(batches)
+        start = time.perf_counter()
+        for _ in range(args.loader_batches):
+            next(batches)
+        seconds = time.perf_counter() - start
+        views_per_s[workers] = args.loader_batches * args.loader_batch * DEMO.crops / seconds
+        row(workers, f"{views_per_s[workers]:,.0f}", f"{views_per_s[workers] / DEMO.crops:,.0f}",
+            f"{1000 * seconds / args.loader_batches:.0f}")
+        batches.close()
+        del batches, loader  # shuts the persistent workers down before the next count starts
+        gc.collect()
+    direct = calls_per_second(lambda image: transform(image=image)["image"], splits.pretrain.images[:256], args.seconds)
+    print(f"\nFor reference, the same transform called directly in this process: {direct:,.0f} views/s.")
+    return views_per_s.get(DEMO.workers)
+
+
+def moco_demo(rt):
+    """The MoCo CIFAR demo's model and optimizer, from moco_augmented.py's defaults."""
+    d = DEMO
+    model = MoCo(d.arch, d.moco_dim, d.moco_k, d.moco_m, d.moco_t, True, d.bn_splits, d.symmetric, d.mlp or None)
+    model = model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=d.lr, momentum=0.9, weight_decay=d.wd,
+                                foreach=rt.device.type == "cuda" or None)
+    return model, optimizer, lambda views, labels: model(views)
+
+
+def simclr_default(rt):
+    """SimCLR with simclr_main.py's defaults (ResNet-18, Adam)."""
+    s = simclr_main.parse_args([])
+    model = SimCLR(f"resnet{s.base_model}", 10, s.projection_dim)
+    model = model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
+    model.output_head.requires_grad_(False)
+    optimizer, _ = simclr_main.build_optimizer(s, model)
+    return model, optimizer, lambda views, labels: nt_xent(model(views[0]), model(views[1]), s.temperature)
+
+
+def steps_per_second(rt, model, optimizer, loss_fn, batch, warmup, steps):
+    """training.train_epoch (the scripts' own step) over one pinned two-view batch repeated."""
+    views = [torch.randn(batch, 3, 32, 32) for _ in range(2)]
+    views = [v.pin_memory() for v in views] if rt.device.type == "cuda" else views  # as the loader's pin_memory
+    batches = [(views, torch.zeros(batch, dtype=torch.long))]
+    keep_lr = lambda t: optimizer.param_groups[0]["lr"]
+    train = lambda n: train_epoch(rt, model, batches * n, optimizer, loss_fn, keep_lr, 0, 1)
+    if warmup:
+        train(warmup)  # cudnn.benchmark picks its kernels here
+    return steps / timed(rt.device, lambda: train(steps))
+
+
+def bench_step(args, device):
+    cuda = device.type == "cuda"
+    mixed = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else None
+    settings = list(itertools.product(["fp32", mixed], [False, True])) if cuda else [("fp32", False)]
+    table(f"Training step (ResNet-18 CIFAR stem, batch {args.batch_size} x 2 views at 32 px, {args.warmup} warm-up + "
+          f"{args.steps} timed steps)", device, "model", "precision", "channels_last", "images/s", "ms/step",
+          "peak GPU memory GiB")
+    moco_best = 0.0
+    for name, build in (("MoCo", moco_demo), ("SimCLR", simclr_default)):
+        for precision, channels_last in settings:
+            free_memory(device)
+            rt = setup_runtime(precision, 0, channels_last)
+            model, optimizer, loss_fn = build(rt)
+            rate = steps_per_second(rt, model, optimizer, loss_fn, args.batch_size, args.warmup, args.steps)
+            row(name, precision, "on" if channels_last else "off", f"{rate * args.batch_size:,.0f}",
+                f"{1000 / rate:.0f}", peak_memory(device))
+            moco_best = max(moco_best, rate * args.batch_size) if name == "MoCo" else moco_best
+            del model, optimizer, loss_fn
+        if not cuda:
+            row(name, "mixed", "-", "n/a (CPU: fp32 only)", "", "")
+    if cuda and torch.backends.cudnn.allow_tf32:
+        print("\nfp32 rows run convolutions and matmuls in TF32, as training.setup_runtime sets for the scripts.")
+    free_memory(device)
+    return moco_best
+
+
+def bench_epoch(args, device):
+    d = DEMO
+    n, batch = args.epoch_images, args.batch_size
+    splits = load_splits("synthetic", synthetic_size=(n, max(n // 5, batch)))
+    info = splits.info
+    rt = setup_runtime(d.precision, d.seed, d.channels_last)
+    eval_transform = build_transform("eval", info.image_size, info.mean, info.std)
+    train_set = TransformDataset(splits.pretrain, build_transform(d.aug, info.image_size, info.mean, info.std), d.crops)
+    train_loader = make_train_loader(rt, train_set, batch, d.workers, d.seed)
+    memory_loader = make_eval_loader(rt, TransformDataset(splits.memory, eval_transform), batch, d.workers)
+    test_loader = make_eval_loader(rt, TransformDataset(splits.test, eval_transform), batch, d.workers)
+    free_memory(device)
+    model, optimizer, loss_fn = moco_demo(rt)
+    monitor = lambda: knn_top1(rt, model.encoder_q.eval(), memory_loader, test_loader, info.num_classes,
+                               d.knn_k, d.knn_t)
+    for epoch in range(2):  # the first pays for worker start-up and cudnn.benchmark's kernel search
+        train_loader.sampler.set_epoch(epoch)
+        train_s = timed(device, lambda: train_epoch(rt, model, train_loader, optimizer, loss_fn, lambda t: d.lr,
+                                                    epoch, 2))
+        monitor_s = timed(device, monitor)
+    table(f"Default MoCo recipe, one epoch (2nd of 2) on synthetic: aug '{d.aug}', {d.crops} crops, batch {batch}, "
+          f"{d.workers} workers, kNN monitor every epoch", device, "train images", "precision", "train s",
+          "kNN monitor s", "epoch s", "train images/s", f"{d.epochs} epochs (min)", "peak GPU memory GiB")
+    epoch_s = train_s + monitor_s
+    row(f"{n:,}", rt.precision, f"{train_s:.1f}", f"{monitor_s:.1f}", f"{epoch_s:.1f}",
+        f"{(n // batch) * batch / train_s:,.0f}", f"{d.epochs * epoch_s / 60:.1f}", peak_memory(device))
+    del model, optimizer, train_loader, memory_loader, test_loader
+    free_memory(device)
+
+
+def bench_knn(args, device):
+    bank_size, queries = args.knn_size
+    generator = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(bank_size, 128, generator=generator), dim=1).to(device)
+    bank_labels = torch.randint(0, 10, (bank_size,), generator=generator).to(device)
+    features = F.normalize(torch.randn(queries, 128, generator=generator), dim=1).to(device)
+    knn_predict(features[:256], bank, bank_labels, 10, k=200, t=0.1)  # warm-up: CUDA context and kernels
+    free_memory(device)
+    seconds = timed(device, lambda: knn_predict(features, bank, bank_labels, 10, k=200, t=0.1))
+    table("kNN monitor (evaluation.knn_predict, k=200, t=0.1, 10 classes, D=128, default chunk)", device,
+          "bank", "queries", "seconds", "peak GPU memory GiB")
+    row(f"{bank_size:,}", f"{queries:,}", f"{seconds:.3f}", peak_memory(device))
+
+
+MODES = {"loader": bench_loader, "step": bench_step, "epoch": bench_epoch, "knn": bench_knn, "aug": bench_aug}
+
+
+def parse_args(argv, cuda):
+    p = ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    for mode, what in re.findall(r"--(\w+) +# (.*)", __doc__):  # the modes, as the docstring lists them
+        p.add_argument(f"--{mode}", action="store_true", help=what)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: every mode in seconds (for the test)")
+    p.add_argument("--seconds", type=float, help="aug: timed seconds per pipeline in each of 3 rounds (1)")
+    p.add_argument("--workers", type=int, nargs="+", help="loader: worker counts (0 1 ... cores)")
+    p.add_argument("--loader-images", type=int, help="loader: synthetic images (10,000)")
+    p.add_argument("--batch-size", type=int, help="step, epoch: batch (512 on GPU, 64 on CPU)")
+    p.add_argument("--steps", type=int, help="step: timed steps (20 on GPU, 3 on CPU)")
+    p.add_argument("--epoch-images", type=int, help="epoch: synthetic images (50,000 on GPU, 4 batches on CPU)")
+    p.add_argument("--knn-size", type=int, nargs=2, metavar=("BANK", "QUERIES"), help="knn: (50000 10000)")
+    args = p.parse_args(argv)
+    args.modes = [mode for mode in MODES if args.all or getattr(args, mode)]
+    if not args.modes:
+        p.error("choose at least one mode: --aug, --loader, --step, --epoch, --knn or --all")
+    quick, cpu = args.quick, not cuda  # an explicit option wins over --quick, --quick over the CPU default
+    args.seconds = args.seconds or (0.02 if quick else 1.0)
+    args.rounds = 1 if quick else 3
+    args.workers = args.workers if args.workers is not None else list(range((2 if quick else usable_cores()) + 1))
+    args.loader_images = args.loader_images or (256 if quick else 10_000)
+    args.loader_batch, args.loader_batches = (32, 2) if quick else (DEMO.batch_size, 20)
+    args.batch_size = args.batch_size or (16 if quick else 64 if cpu else 512)
+    args.steps = args.steps or (1 if quick else 3 if cpu else 20)
+    args.warmup = 0 if quick else 1 if cpu else 5
+    args.epoch_images = args.epoch_images or (args.batch_size if quick else 4 * args.batch_size if cpu else 50_000)
+    args.knn_size = args.knn_size or ([2_000, 500] if quick else [50_000, 10_000])
+    if min([args.seconds, args.loader_images, args.batch_size, args.steps, args.epoch_images, *args.knn_size]) <= 0:
+        p.error("sizes, counts and seconds must be positive")
+    if min(args.workers) < 0 or args.epoch_images < args.batch_size or args.loader_images < args.loader_batch:
+        p.error("worker counts must be >= 0, and --epoch-images / --loader-images at least one batch")
+    if args.batch_size % DEMO.bn_splits:
+        p.error(f"--batch-size must divide into the MoCo demo's {DEMO.bn_splits} BatchNorm splits")
+    return args
+
+
+def main(argv=None):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args = parse_args(argv, device.type == "cuda")
+    results = {mode: MODES[mode](args, device) for mode in args.modes if mode != "aug"}
+    if results.get("loader") and results.get("step"):
+        consumed = results["step"] * DEMO.crops
+        print(f"\nLoader at the default {DEMO.workers} workers: {results['loader']:,.0f} views/s = "
+              f"{results['loader'] / consumed:.1f}x the {consumed:,.0f} views/s the fastest MoCo step consumes.")
+    if "aug" in args.modes:  # last, so its headline is the last line printed
+        bench_aug(args, device)
+
+
+if __name__ == "__main__":
+    run_main(main)

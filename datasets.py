@@ -1,0 +1,436 @@
+"""Dataset registry: standard on-disk formats read through torchvision and served as uint8 HWC RGB arrays,
+so Albumentations works on them directly; multi-view wrapper, seeded loaders, ImageNet-100 builder.
+CLI: python datasets.py build-imagenet100 IMAGENET_ROOT OUT_ROOT"""
+import argparse
+import dataclasses
+import gzip
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from augmentations import MultiView
+from training import UserError
+
+DEFAULT_DATA_DIR = "./data"
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# The ImageNet-100 subset of CMC (HobbitLong/CMC imagenet100.txt), also used by solo-learn.
+IMAGENET100_CLASSES = """
+n02869837 n01749939 n02488291 n02107142 n13037406 n02091831 n04517823 n04589890 n03062245 n01773797
+n01735189 n07831146 n07753275 n03085013 n04485082 n02105505 n01983481 n02788148 n03530642 n04435653
+n02086910 n02859443 n13040303 n03594734 n02085620 n02099849 n01558993 n04493381 n02109047 n04111531
+n02877765 n04429376 n02009229 n01978455 n02106550 n01820546 n01692333 n07714571 n02974003 n02114855
+n03785016 n03764736 n03775546 n02087046 n07836838 n04099969 n04592741 n03891251 n02701002 n03379051
+n02259212 n07715103 n03947888 n04026417 n02326432 n03637318 n01980166 n02113799 n02086240 n03903868
+n02483362 n04127249 n02089973 n03017168 n02093428 n02804414 n02396427 n04418357 n02172182 n01729322
+n02113978 n03787032 n02089867 n02119022 n03777754 n04238763 n02231487 n03032252 n02138441 n02104029
+n03837869 n03494278 n04136333 n03794056 n03492542 n02018207 n04067472 n03930630 n03584829 n02123045
+n04229816 n02100583 n03642806 n04336792 n03259280 n02116738 n02108089 n03424325 n01855672 n02090622
+""".split()
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    image_size: int  # native side length, the default training crop size
+    mean: tuple  # per-channel normalisation, in [0, 1]
+    std: tuple
+    imagenet_stem: bool  # models use the 7x7 stem + maxpool
+
+
+DATASETS = {
+    info.name: info
+    for info in [
+        DatasetInfo("cifar10", 10, 32, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), False),
+        DatasetInfo("cifar100", 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), False),
+        DatasetInfo("stl10", 10, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), False),
+        DatasetInfo("imagenet100", 100, 224, IMAGENET_MEAN, IMAGENET_STD, True),
+        DatasetInfo("tinyimagenet", 200, 64, IMAGENET_MEAN, IMAGENET_STD, False),
+        DatasetInfo("imagefolder", 0, 224, IMAGENET_MEAN, IMAGENET_STD, True),  # num_classes read from the tree
+        # computed once on the 60,000 real training images after zero-padding to 32x32
+        DatasetInfo("fashionmnist", 10, 32, (0.2190,) * 3, (0.3318,) * 3, False),
+        # computed once on the default synthetic train set (1,000 images, synthetic_seed 0)
+        DatasetInfo("synthetic", 10, 32, (0.4883, 0.4974, 0.4991), (0.2951, 0.2945, 0.2953), False),
+    ]
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def read_rgb(path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"cannot decode image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class ImageDataset(Dataset):
+    """(uint8 HWC RGB image, int label); label -1 = unlabelled. `images` is an (N, H, W, 3) uint8 array or an
+    array of file paths (a numpy str array, not a list, so forked workers don't copy it through refcounts)."""
+
+    def __init__(self, images: np.ndarray, labels):
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        assert len(images) == len(self.labels)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        image = self.images[index]
+        image = read_rgb(image) if self.images.dtype.kind == "U" else np.ascontiguousarray(image)
+        return image, int(self.labels[index])
+
+    def subset(self, indices) -> "ImageDataset":
+        return ImageDataset(self.images[indices], self.labels[indices])
+
+
+@dataclass
+class Splits:
+    info: DatasetInfo
+    pretrain: ImageDataset  # STL-10: train+unlabeled; others: train
+    memory: ImageDataset  # labelled train split: kNN memory bank / linear-probe train set
+    test: ImageDataset
+
+
+class TransformDataset(Dataset):
+    """Applies an Albumentations transform (ending in ToTensorV2) to each image, n_views times for multi-view.
+
+    An index may come as (index, draw_key) from EpochSampler: the augmentations are then drawn from an RNG seeded by
+    that key, so they depend on (seed, epoch, index) only, not on the worker that serves them or on a resume.
+    """
+
+    def __init__(self, base: ImageDataset, transform, n_views: int = 1):
+        self.base, self.transform, self.n_views = base, transform, n_views
+        self.views = MultiView(transform, n_views)
+        self.labels = base.labels
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, item):
+        index, draw_key = item if isinstance(item, tuple) else (item, None)
+        if draw_key is not None:  # Albumentations 2.x draws from its own generators, not numpy's global state
+            rng = np.random.default_rng(draw_key)
+            self.transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+        image, label = self.base[index]
+        views = self.views(image)
+        return (views[0] if self.n_views == 1 else views), label
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler (this process's share of a permutation fixed by seed and epoch; also for one process)
+    that pairs every index with the key its augmentations are drawn from."""
+
+    def __init__(self, dataset, rank=0, world_size=1, seed=0):
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+
+    def __iter__(self):
+        return ((index, (self.seed, self.epoch, index)) for index in super().__iter__())
+
+
+def _init_worker(worker_id: int) -> None:
+    cv2.setNumThreads(0)  # OpenCV's own thread pool in every worker oversubscribes the cores
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset, batch_size, workers, sampler=None, drop_last=False, device_type="cpu") -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
+                      pin_memory=device_type == "cuda", persistent_workers=workers > 0, worker_init_fn=_init_worker)
+
+
+def make_train_loader(rt, dataset, batch_size, workers, seed=0) -> DataLoader:
+    """Shuffled, augmentation-seeded loader of full batches of this process's share (call sampler.set_epoch)."""
+    sampler = EpochSampler(dataset, rt.rank, rt.world_size, seed)
+    return make_loader(dataset, batch_size, workers, sampler, drop_last=True, device_type=rt.device.type)
+
+
+def make_eval_loader(rt, dataset, batch_size, workers) -> DataLoader:
+    """In-order loader; under DDP each process takes images rank, rank + world, ... (see evaluation.interleave_shards)."""
+    if rt.world_size > 1:
+        dataset = Subset(dataset, range(rt.rank, len(dataset), rt.world_size))
+    return make_loader(dataset, batch_size, workers, device_type=rt.device.type)
+
+
+def _torchvision(cls, root: Path, download: bool, archives: str, url: str, place_in: Path, **kwargs):
+    """Construct a torchvision dataset, turning a failed download or missing data into one clear UserError."""
+    it = "them" if "," in archives else "it"
+    try:
+        return cls(root=str(root), download=download, **kwargs)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; torchvision raises RuntimeError too
+        if download:
+            reason = str(error).strip().splitlines()[0][:150] if str(error).strip() else type(error).__name__
+            raise UserError(
+                f"could not download {archives} ({reason}; no network?): "
+                f"download {it} by hand from {url} and place {it} in {place_in}/"
+            ) from error
+        raise UserError(
+            f"{cls.__name__} data not found in {root}: download {archives} from {url}, "
+            f"place {it} in {place_in}/ and run with download on"
+        ) from error
+
+
+def _cifar(cls, root, download):
+    def load(train):
+        return _torchvision(cls, root, download, cls.filename, cls.url, root, train=train)
+
+    train, test = load(True), load(False)
+    train_set = ImageDataset(train.data, train.targets)
+    return train_set, train_set, ImageDataset(test.data, test.targets)
+
+
+def _stl10(root, download):
+    cls = torchvision.datasets.STL10
+
+    def load(split):
+        data = _torchvision(cls, root, download, cls.filename, cls.url, root, split=split)
+        return ImageDataset(data.data.transpose(0, 2, 3, 1), data.labels)  # (N,3,96,96) -> HWC view
+
+    pretrain = load("train+unlabeled")
+    # torchvision puts the labelled train images first; slicing them avoids a second md5 pass over 2.6 GB
+    n_labelled = int((pretrain.labels >= 0).sum())
+    memory = ImageDataset(pretrain.images[:n_labelled], pretrain.labels[:n_labelled])
+    return pretrain, memory, load("test")
+
+
+def _read_idx(path) -> np.ndarray:
+    """An idx file (uint8 payload, big-endian dims), gzipped or not."""
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
+        data = f.read()
+    if data[:3] != b"\x00\x00\x08":
+        raise UserError(f"{path} is not a uint8 idx file")
+    dims = np.frombuffer(data, ">u4", count=data[3], offset=4).astype(int)
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(dims)
+
+
+def _fashion_files(folder: Path):
+    """The four idx files directly in folder (gzipped or not), or None."""
+    files = []
+    for archive, _ in torchvision.datasets.FashionMNIST.resources:
+        candidates = [folder / archive, folder / archive[: -len(".gz")]]
+        found = [path for path in candidates if path.is_file()]
+        if not found:
+            return None
+        files.append(found[0])
+    return files
+
+
+def _fashionmnist(root: Path, download: bool, is_default_dir: bool):
+    cls = torchvision.datasets.FashionMNIST
+    files = _fashion_files(root)
+    if files is None and is_default_dir and not (root / "FashionMNIST").exists():
+        files = _fashion_files(Path(DEBIAN_FASHION_MNIST))
+    if files is not None:
+        train_images, train_labels, test_images, test_labels = map(_read_idx, files)
+    else:
+        archives = ", ".join(name for name, _ in cls.resources)
+        place_in = root / "FashionMNIST" / "raw"
+        train = _torchvision(cls, root, download, archives, cls.mirrors[0], place_in, train=True)
+        test = _torchvision(cls, root, download, archives, cls.mirrors[0], place_in, train=False)
+        train_images, train_labels = train.data.numpy(), train.targets.numpy()
+        test_images, test_labels = test.data.numpy(), test.targets.numpy()
+
+    def padded_rgb(gray):  # 28x28 -> 32x32 by a zero border (pixels stay exact), replicated to 3 channels
+        out = np.zeros((len(gray), 32, 32, 3), np.uint8)
+        out[:, 2:30, 2:30, :] = gray[..., None]
+        return out
+
+    train_set = ImageDataset(padded_rgb(train_images), train_labels)
+    return train_set, train_set, ImageDataset(padded_rgb(test_images), test_labels)
+
+
+def _tinyimagenet(root: Path):
+    folder = root if (root / "train").is_dir() and (root / "val").is_dir() else root / "tiny-imagenet-200"
+    annotations = folder / "val" / "val_annotations.txt"
+    if not (folder / "train").is_dir() or not annotations.is_file():
+        raise UserError(
+            f"tinyimagenet not found in {root}: download tiny-imagenet-200.zip "
+            f"(http://cs231n.stanford.edu/tiny-imagenet-200.zip) and unzip it in {root}/ (giving {folder}/train, val)"
+        )
+    classes = sorted(entry.name for entry in os.scandir(folder / "train") if entry.is_dir())
+    class_index = {wnid: i for i, wnid in enumerate(classes)}
+    train_files, train_labels = [], []
+    for wnid in classes:
+        images_dir = folder / "train" / wnid / "images"
+        names = sorted(name for name in os.listdir(images_dir) if name.lower().endswith((".jpeg", ".jpg", ".png")))
+        train_files += [str(images_dir / name) for name in names]
+        train_labels += [class_index[wnid]] * len(names)
+    val_files, val_labels = [], []
+    for line in annotations.read_text().splitlines():
+        if line.strip():
+            filename, wnid = line.split("\t")[:2]
+            if wnid not in class_index:
+                raise UserError(f"{annotations} names class {wnid}, which has no folder in {folder / 'train'}")
+            val_files.append(str(folder / "val" / "images" / filename))
+            val_labels.append(class_index[wnid])
+    train_set = ImageDataset(np.array(train_files), train_labels)
+    return train_set, train_set, ImageDataset(np.array(val_files), val_labels), len(classes)
+
+
+def _image_folder(root: Path, name: str):
+    if not (root / "train").is_dir() or not (root / "val").is_dir():
+        hint = "; build one with: python datasets.py build-imagenet100 IMAGENET_ROOT OUT_ROOT" if name == "imagenet100" else ""
+        raise UserError(f"{name} needs an ImageFolder root with train/ and val/ class folders, not found in {root}{hint}")
+    try:
+        train, val = (torchvision.datasets.ImageFolder(str(root / split)) for split in ("train", "val"))
+    except FileNotFoundError as error:
+        raise UserError(f"{name}: {error}") from error
+    if val.classes != train.classes:
+        raise UserError(f"{name}: {root}/val and {root}/train hold different class folders")
+    as_dataset = lambda folder: ImageDataset(np.array([path for path, _ in folder.samples]), folder.targets)
+    train_set = as_dataset(train)
+    return train_set, train_set, as_dataset(val), len(train.classes)
+
+
+def _shape_mask(label: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Class `label`'s shape in shape-centred coordinates (u, v in units of the shape's radius)."""
+    box = np.maximum(abs(u), abs(v)) < 1
+    r = np.hypot(u, v)
+    d1, d2 = (u + v) / np.sqrt(2), (u - v) / np.sqrt(2)
+    bar = lambda a, b: (abs(a) < 0.3) & (abs(b) < 1) | (abs(b) < 0.3) & (abs(a) < 1)
+    return [
+        lambda: r < 1,  # disk
+        lambda: (r < 1) & (r > 0.55),  # ring
+        lambda: np.maximum(abs(u), abs(v)) < 0.8,  # square
+        lambda: abs(u) + abs(v) < 1,  # diamond
+        lambda: (v < 0.7) & (v > 2 * abs(u) - 1.1),  # triangle
+        lambda: bar(u, v),  # plus
+        lambda: bar(d1, d2),  # cross
+        lambda: box & (np.sin(v * 2.5 * np.pi) > 0),  # horizontal stripes
+        lambda: box & (np.sin(u * 2.5 * np.pi) > 0),  # vertical stripes
+        lambda: box & (np.sin(u * 2 * np.pi) * np.sin(v * 2 * np.pi) > 0),  # checkerboard
+    ][label]()
+
+
+PALETTE = np.array([[230, 60, 50], [50, 170, 70], [60, 90, 220], [240, 210, 60]], np.float32)
+
+
+def synthetic_images(n: int, rng: np.random.Generator, size: int = 32, chunk: int = 2048):
+    """n balanced 10-class images: the class is the shape; colours, scale, position, rotation and noise are random
+    and class-independent, with foreground/background colours apart in every channel."""
+    labels = rng.permutation(np.arange(n) % 10)
+    # Colours come from a small palette (+ jitter), so colour cannot tell one image from its neighbours: instance
+    # discrimination (MoCo, SimCLR) then has to use the shape, as on natural images, instead of a colour shortcut.
+    pair = rng.choice([(b, f) for b in range(len(PALETTE)) for f in range(len(PALETTE)) if b != f], n)
+    jitter = rng.uniform(-12, 12, (2, n, 1, 1, 3))
+    background = PALETTE[pair[:, 0], None, None] + jitter[0]
+    foreground = PALETTE[pair[:, 1], None, None] + jitter[1]
+    centre = (size / 2 + rng.uniform(-6, 6, (n, 2, 1, 1))).astype(np.float32)
+    radius = rng.uniform(3, 5, (n, 1, 1)).astype(np.float32)
+    angle = rng.uniform(-0.35, 0.35, (n, 1, 1)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) + 0.5
+    images = np.empty((n, size, size, 3), np.uint8)
+    for start in range(0, n, chunk):  # chunks keep the float temporaries small for large n
+        part = slice(start, start + chunk)
+        dx, dy = xx - centre[part, 0], yy - centre[part, 1]
+        cos, sin = np.cos(angle[part]), np.sin(angle[part])
+        # a wallpaper of the class's shape (period = 2.4 radii): every crop of the image still shows the class
+        a, b = (dx * cos + dy * sin) / (2.4 * radius[part]), (dy * cos - dx * sin) / (2.4 * radius[part])
+        u, v = (a - np.round(a)) * 2.4, (b - np.round(b)) * 2.4
+        mask = np.zeros(u.shape, bool)
+        for label in range(10):
+            chosen = labels[part] == label
+            mask[chosen] = _shape_mask(label, u[chosen], v[chosen])
+        noise = rng.standard_normal(mask.shape + (3,), dtype=np.float32) * 12
+        image = np.where(mask[..., None], foreground[part], background[part]) + noise
+        images[part] = np.clip(image, 0, 255)
+    return images, labels
+
+
+def _synthetic(synthetic_size, synthetic_seed):
+    n_train, n_test = synthetic_size
+    # separate streams: the test set does not change with the train-set size
+    train_set = ImageDataset(*synthetic_images(n_train, np.random.default_rng([synthetic_seed, 0])))
+    return train_set, train_set, ImageDataset(*synthetic_images(n_test, np.random.default_rng([synthetic_seed, 1])))
+
+
+def _take_subset(pretrain, memory, n, seed):
+    if n <= 0 or n > min(len(pretrain), len(memory)):
+        raise UserError(
+            f"subset {n} is impossible: choose 1..{min(len(pretrain), len(memory))} "
+            f"(the pretrain split holds {len(pretrain)} images, the memory split {len(memory)})"
+        )
+    rng = np.random.default_rng(seed)
+    choose = lambda dataset: dataset.subset(np.sort(rng.choice(len(dataset), n, replace=False)))
+    chosen = choose(pretrain)
+    return chosen, chosen if memory is pretrain else choose(memory)
+
+
+def load_splits(name, data_dir=None, download=True, subset=None, seed=0, synthetic_size=(1000, 500), synthetic_seed=0) -> Splits:
+    """Pretrain / memory / test splits of dataset `name`. `subset` keeps a seeded choice of that many pretrain and
+    memory images; `seed` drives only that choice: synthetic data is fixed by `synthetic_seed`."""
+    info = dataset_info(name)
+    root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser().resolve()
+    if root.is_file() and name != "synthetic":
+        raise UserError(f"data dir {root} is a file, not a directory")
+    num_classes = info.num_classes
+    if name == "synthetic":
+        pretrain, memory, test = _synthetic(synthetic_size, synthetic_seed)
+    elif name in ("cifar10", "cifar100"):
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        pretrain, memory, test = _cifar(cls, root, download)
+    elif name == "stl10":
+        pretrain, memory, test = _stl10(root, download)
+    elif name == "fashionmnist":
+        is_default_dir = data_dir is None or root == Path(DEFAULT_DATA_DIR).resolve()
+        pretrain, memory, test = _fashionmnist(root, download, is_default_dir)
+    elif name == "tinyimagenet":
+        pretrain, memory, test, num_classes = _tinyimagenet(root)
+    else:
+        pretrain, memory, test, num_classes = _image_folder(root, name)
+    if subset is not None:
+        pretrain, memory = _take_subset(pretrain, memory, subset, seed)
+    return Splits(dataclasses.replace(info, num_classes=num_classes), pretrain, memory, test)
+
+
+def build_imagenet100(imagenet_root, out_root, classes=IMAGENET100_CLASSES) -> None:
+    """out_root/{train,val}/<wnid> symlinks to the listed class folders of a full ImageNet root; absent ones are skipped."""
+    imagenet_root, out_root = Path(imagenet_root).expanduser().resolve(), Path(out_root).expanduser()
+    for split in ("train", "val"):
+        present = [wnid for wnid in classes if (imagenet_root / split / wnid).is_dir()]
+        if not present:
+            raise UserError(f"{imagenet_root / split} holds none of the class folders (expected <wnid>/ folders)")
+        (out_root / split).mkdir(parents=True, exist_ok=True)
+        for wnid in present:
+            link, target = out_root / split / wnid, imagenet_root / split / wnid
+            if link.is_symlink() and link.resolve() == target.resolve():
+                continue
+            if link.exists() or link.is_symlink():
+                raise UserError(f"{link} already exists and is not a link to {target}")
+            link.symlink_to(target, target_is_directory=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Dataset utilities.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build-imagenet100", help="symlink the ImageNet-100 classes into an ImageFolder root")
+    build.add_argument("imagenet_root", help="full ImageNet root with train/<wnid>/ and val/<wnid>/")
+    build.add_argument("out_root", help="where to create train/ and val/")
+    args = parser.parse_args(argv)
+    try:
+        build_imagenet100(args.imagenet_root, args.out_root)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    linked = len(os.listdir(Path(args.out_root) / "train"))
+    print(f"{args.out_root}: {linked} of {len(IMAGENET100_CLASSES)} ImageNet-100 classes linked")
+
+
+if __name__ == "__main__":
+    main()

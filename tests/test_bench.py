@@ -1,0 +1,67 @@
+"""bench.py at tiny sizes (--quick), so it never rots. Output shape only: no timing assertions."""
+import contextlib
+import io
+import re
+import warnings
+
+import pytest
+import torch
+
+import bench
+from training import UserError
+
+NUMBER = r"[\d,]+(\.\d+)?"
+
+
+@pytest.fixture(scope="module")
+def output():
+    # One torch thread: on a shared 2-core machine, OpenMP threads spin-waiting for a busy core make a step ~5x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "This DataLoader will create")  # the MoCo recipe's 4 workers on 2 cores
+            bench.main(["--all", "--quick", "--workers", "0", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    return out.getvalue()
+
+
+def rows(output, title):
+    """The data rows of the markdown table under the heading that starts with `title`."""
+    section = output.split(f"### {title}")[1].split("###")[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    assert "Machine: " in section and "torch " in section and "albumentations " in section
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]  # [0] is the header
+
+
+def test_aug_ends_with_the_headline(output):
+    assert re.fullmatch(r"augmentation speedup vs torchvision v2 \(original preset, 32 px, 1 core\): \d+\.\dx",
+                        output.strip().splitlines()[-1])
+    table = rows(output, "Augmentation throughput")
+    assert [(r[0], r[1]) for r in table] == [(p, s) for p in ("original", "ours", "simclr") for s in ("32 px", "96 px")]
+    assert all(re.fullmatch(NUMBER, r[2]) and re.fullmatch(NUMBER, r[3]) and re.fullmatch(r"\d+\.\dx", r[4])
+               for r in table)
+
+
+def test_loader_has_a_row_per_worker_count(output):
+    table = rows(output, "Training loader")
+    assert [r[0] for r in table] == ["0", "2"]
+    assert all(re.fullmatch(NUMBER, cell) for r in table for cell in r[1:])
+
+
+def test_step_epoch_and_knn_print_numbers(output):
+    step = rows(output, "Training step")
+    assert {r[0] for r in step} == {"MoCo", "SimCLR"}
+    measured = [r for r in step if re.fullmatch(NUMBER, r[3])]
+    assert {r[0] for r in measured} == {"MoCo", "SimCLR"} and all(float(r[4]) > 0 for r in measured)
+    (epoch,) = rows(output, "Default MoCo recipe")
+    assert all(re.fullmatch(NUMBER, cell) for cell in epoch[2:7])
+    (knn,) = rows(output, "kNN monitor")
+    assert knn[:2] == ["2,000", "500"] and float(knn[2]) > 0
+
+
+def test_a_mode_is_required():
+    with pytest.raises(UserError, match="choose at least one mode"):
+        bench.main([])

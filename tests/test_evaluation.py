@@ -1,0 +1,54 @@
+import torch
+import torch.nn.functional as F
+
+from evaluation import knn_predict, linear_probe, topk_accuracy
+from training import setup_runtime
+
+
+def demo_knn_predict(feature, feature_bank, feature_labels, classes, knn_k, knn_t):
+    """The MoCo CIFAR demo's knn_predict, verbatim apart from names (feature_bank is (D, N) there)."""
+    sim_matrix = torch.mm(feature, feature_bank)
+    sim_weight, sim_indices = sim_matrix.topk(k=knn_k, dim=-1)
+    sim_labels = torch.gather(feature_labels.expand(feature.size(0), -1), dim=-1, index=sim_indices)
+    sim_weight = (sim_weight / knn_t).exp()
+    one_hot_label = torch.zeros(feature.size(0) * knn_k, classes, device=sim_labels.device)
+    one_hot_label = one_hot_label.scatter(dim=-1, index=sim_labels.view(-1, 1), value=1.0)
+    pred_scores = torch.sum(one_hot_label.view(feature.size(0), -1, classes) * sim_weight.unsqueeze(dim=-1), dim=1)
+    return pred_scores
+
+
+def test_chunked_knn_equals_the_demo_formula():
+    g = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(300, 16, generator=g), dim=1)
+    labels = torch.randint(0, 7, (300,), generator=g)
+    queries = F.normalize(torch.randn(101, 16, generator=g), dim=1)
+    expected = demo_knn_predict(queries, bank.t(), labels, 7, 20, 0.1)
+    for chunk in (1, 16, 1000):
+        got = knn_predict(queries, bank, labels, 7, k=20, t=0.1, chunk_size=chunk)
+        assert torch.allclose(got, expected, rtol=1e-5)
+        assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_knn_k_larger_than_bank_is_clamped():
+    bank = F.normalize(torch.randn(5, 4), dim=1)
+    scores = knn_predict(bank, bank, torch.arange(5), 5, k=200)
+    assert torch.equal(scores.argmax(1), torch.arange(5))  # each point is its own nearest neighbour
+
+
+def test_topk_accuracy():
+    scores = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5], [0.1, 0.7, 0.2]])
+    labels = torch.tensor([0, 1, 0])
+    top1, top5 = topk_accuracy(scores, labels)
+    assert abs(top1 - 100 / 3) < 1e-4 and top5 is None  # 3 classes: top-5 undefined
+    assert [round(a, 3) for a in topk_accuracy(scores, labels, ks=(1, 2))] == [33.333, 66.667]
+
+
+def test_linear_probe_separates_linearly_separable_features():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 8, generator=g) * 4
+    y = torch.randint(0, 4, (400,), generator=g)
+    x = centers[y] + torch.randn(400, 8, generator=g)
+    loader = [(x[i:i + 100], y[i:i + 100]) for i in range(0, 400, 100)]
+    rt = setup_runtime("fp32")
+    top1, top5 = linear_probe(rt, lambda b: b, loader, loader, 4, epochs=20, batch_size=64, lr=1e-2)
+    assert top1 > 95 and top5 is None

@@ -1,0 +1,88 @@
+"""End-to-end runs of simclr_main.py (contrastive and supervised) on synthetic data (CPU)."""
+import openpyxl
+import pytest
+import torch
+
+import simclr_main
+from lars import LARS
+from test_moco_augmented import error_of
+from training import lr_at
+
+TINY = ["-dataset", "synthetic", "-subset", "64", "-batch_size", "32", "-workers", "0", "-finetune_epochs", "1"]
+
+
+def rows(path, sheet="runs"):
+    ws = openpyxl.load_workbook(path)[sheet]
+    header = [c.value for c in ws[1]]
+    return [dict(zip(header, [c.value for c in row])) for row in ws.iter_rows(min_row=2)]
+
+
+def test_both_modes_land_side_by_side_in_the_workbook(tmp_path, capsys):
+    results = str(tmp_path / "results.xlsx")
+    simclr_main.main([*TINY, "-epoch", "2", "-results", results, "-results_dir", str(tmp_path / "simclr")])
+    out = capsys.readouterr().out
+    assert "test top-1" in out and "output head on the SimCLR backbone" in out
+    simclr_main.main([*TINY, "--contrastive", "False", "--epoch", "1", "--results", results,
+                      "--results_dir", str(tmp_path / "supervised")])
+    assert "supervised baseline" in capsys.readouterr().out
+    contrastive, supervised = rows(results)
+    assert contrastive["method"] == "simclr" and contrastive["aug"] == "simclr" and contrastive["optimizer"] == "adam"
+    assert contrastive["linear_top1"] is not None and contrastive["supervised_top1"] is None
+    assert supervised["method"] == "supervised" and supervised["aug"] == "supervised"
+    assert supervised["supervised_top1"] is not None and supervised["linear_top1"] is None
+    assert [r["run_id"] for r in rows(results, "curves")] == [contrastive["run_id"]] * 2 + [supervised["run_id"]]
+    assert (tmp_path / "simclr" / "checkpoint_last.pth").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_each_optimizer_runs(tmp_path, optimizer):
+    simclr_main.main([*TINY, "-epoch", "1", "-optimizer", optimizer, "-base_model", "18", "-finetune_epochs", "0",
+                      "-results", str(tmp_path / "r.xlsx"), "-results_dir", str(tmp_path / "run")])
+    (row,) = rows(tmp_path / "r.xlsx")
+    assert row["optimizer"] == optimizer
+    if optimizer == "lars":
+        assert row["lr"] == pytest.approx(0.3 * 32 / 256)  # lr = 0.3 × batch / 256
+
+
+def test_lars_schedule_and_parameter_exclusion():
+    args = simclr_main.parse_args(["-optimizer", "lars", "-batch_size", "512"])
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    optimizer, lr = simclr_main.build_optimizer(args, model)
+    assert isinstance(optimizer, LARS) and lr == pytest.approx(0.6)
+    assert optimizer.param_groups[0]["weight_decay"] == 1e-6
+    assert optimizer.exclude(model[0].bias) and optimizer.exclude(model[1].weight) and not optimizer.exclude(model[0].weight)
+    # 10 warm-up epochs from 0, then cosine to 0 over the remaining 90
+    assert lr_at(0, 0.6, 100, warmup_epochs=10) == 0
+    assert lr_at(5, 0.6, 100, warmup_epochs=10) == pytest.approx(0.3)
+    assert lr_at(10, 0.6, 100, warmup_epochs=10) == pytest.approx(0.6)
+    assert lr_at(55, 0.6, 100, warmup_epochs=10) == pytest.approx(0.3)
+    assert lr_at(100, 0.6, 100, warmup_epochs=10) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("value,expected", [("True", True), ("false", False), ("1", True), ("0", False),
+                                            ("yes", True), ("no", False)])
+def test_contrastive_flag_spellings(value, expected):
+    assert simclr_main.parse_args(["-contrastive", value]).contrastive is expected
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["-dataset", "mnist"], "unknown dataset"),
+    (["-base_model", "34"], "invalid choice"),
+    (["-contrastive", "maybe"], "expected True/False"),
+    (["-epoch", "0"], "-epoch must be > 0"),
+    (["-lr", "0"], "-lr must be > 0"),
+    (["-subset", "16"], "larger than the 16 training images"),
+    (["-results", "/nonexistent-dir/r.xlsx"], "r.xlsx"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, capsys, extra, message):
+    argv = [*TINY, "-epoch", "1", "-results", str(tmp_path / "r.xlsx"), "-results_dir", str(tmp_path / "x"), *extra]
+    assert message in error_of(argv, capsys, simclr_main.main)
+
+
+def test_resume_refuses_a_moco_checkpoint(tmp_path, capsys):
+    import moco_augmented
+    moco_augmented.main(["--dataset", "synthetic", "--subset", "32", "--batch-size", "32", "--moco-k", "64",
+                         "--bn-splits", "2", "--workers", "0", "--linear-epochs", "0", "--epochs", "1", "--knn-every",
+                         "0", "--results", str(tmp_path / "r.xlsx"), "--results-dir", str(tmp_path / "moco")])
+    line = error_of([*TINY, "-resume", str(tmp_path / "moco" / "checkpoint_last.pth")], capsys, simclr_main.main)
+    assert "does not match" in line and "script='moco'" in line
