@@ -60,7 +60,7 @@ DATASETS = {
         # computed once on the 60,000 real training images after zero-padding to 32x32
         DatasetInfo("fashionmnist", 10, 32, (0.2190,) * 3, (0.3318,) * 3, False),
         # computed once on the default synthetic train set (1,000 images, synthetic_seed 0)
-        DatasetInfo("synthetic", 10, 32, (0.4883, 0.4974, 0.4991), (0.2951, 0.2945, 0.2953), False),
+        DatasetInfo("synthetic", 10, 32, (0.5723, 0.5203, 0.3843), (0.3565, 0.2436, 0.2764), False),
     ]
 }
 
@@ -322,8 +322,8 @@ PALETTE = np.array([[230, 60, 50], [50, 170, 70], [60, 90, 220], [240, 210, 60]]
 
 
 def synthetic_images(n: int, rng: np.random.Generator, size: int = 32, chunk: int = 2048):
-    """n balanced 10-class images: the class is the shape; colours, scale, position, rotation and noise are random
-    and class-independent, with foreground/background colours apart in every channel."""
+    """n balanced 10-class images: the class is the shape, tiled as a wallpaper; the palette colours, scale, phase,
+    rotation and noise are random and class-independent."""
     labels = rng.permutation(np.arange(n) % 10)
     # Colours come from a small palette (+ jitter), so colour cannot tell one image from its neighbours: instance
     # discrimination (MoCo, SimCLR) then has to use the shape, as on natural images, instead of a colour shortcut.

@@ -75,9 +75,10 @@ def error_of(argv, capsys, main=moco_augmented.main):
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: main(argv))
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error: " in line]  # progress bars may precede it
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0][errors[0].index("error: "):]
 
 
 @pytest.mark.parametrize("extra,message", [
