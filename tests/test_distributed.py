@@ -31,3 +31,13 @@ def test_two_processes_write_one_row_with_world_size_2(tmp_path, script, args):
     rows = [dict(zip(header, [c.value for c in r])) for r in ws.iter_rows(min_row=2)]
     assert len(rows) == 1 and rows[0]["world_size"] == 2 and rows[0]["knn_top1_final"] is not None
     assert (tmp_path / "run" / "checkpoint_last.pth").exists()
+
+
+def test_ddp_equivalences(tmp_path):
+    """SimCLR loss/gradients of 2 × b equal 1 × 2b; MoCo's queue holds both ranks' keys; weights stay identical."""
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(REPO / "tests" / "ddp_checks.py")], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("ddp checks passed") == 2
