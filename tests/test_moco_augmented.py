@@ -147,3 +147,34 @@ def test_script_imports_without_side_effects_and_reports_cli_errors(tmp_path):
                          capture_output=True, text=True, env={"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 2 and out.stderr.strip().startswith("error: unknown dataset")
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_moco_features_beat_random_init_features(tmp_path):
+    """Learning check with fixed seeds: two short epochs (62 steps of 32) on synthetic lift the backbone's kNN
+    top-1 above the same network at random initialisation (measured on the 2-core CPU: 20.0% vs 17.4%). A small
+    margin: MoCo learns slowly at first (the seed study's CIFAR-10 curve gains 6 points in its first 4 epochs)."""
+    import evaluation
+    from augmentations import build_transform
+    from datasets import TransformDataset, load_splits, make_eval_loader
+    from training import setup_runtime
+
+    run_dir = tmp_path / "learn"
+    moco_augmented.main(["--dataset", "synthetic", "--epochs", "2", "--batch-size", "32", "--bn-splits", "4",
+                         "--moco-k", "256", "--aug", "original", "--workers", "0", "--knn-every", "0",
+                         "--linear-epochs", "0", "--results", str(tmp_path / "r.xlsx"), "--results-dir", str(run_dir)])
+    rt = setup_runtime("fp32")
+    splits = load_splits("synthetic")
+    transform = build_transform("eval", 32, splits.info.mean, splits.info.std)
+    memory, test = (make_eval_loader(rt, TransformDataset(s, transform), 250, 0) for s in (splits.memory, splits.test))
+
+    def backbone_knn(state):
+        torch.manual_seed(0)
+        model = models.MoCo("resnet18", dim=128, K=256, bn_splits=4)
+        if state is not None:
+            model.load_state_dict(state)
+        model.eval()
+        return evaluation.knn_top1(rt, model.encoder_q.backbone, memory, test, 10)
+
+    trained = backbone_knn(torch.load(run_dir / "checkpoint_last.pth", weights_only=False)["model"])
+    random_init = backbone_knn(None)
+    assert trained > random_init + 1.5, (trained, random_init)
