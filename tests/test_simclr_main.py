@@ -86,3 +86,12 @@ def test_resume_refuses_a_moco_checkpoint(tmp_path, capsys):
                          "0", "--results", str(tmp_path / "r.xlsx"), "--results-dir", str(tmp_path / "moco")])
     line = error_of([*TINY, "-resume", str(tmp_path / "moco" / "checkpoint_last.pth")], capsys, simclr_main.main)
     assert "does not match" in line and "script='moco'" in line
+
+
+def test_supervised_baseline_beats_chance_by_a_wide_margin(tmp_path):
+    """Learning check with fixed seeds: 2 epochs on synthetic (10 classes, chance 10%)."""
+    simclr_main.main(["-dataset", "synthetic", "-contrastive", "False", "-epoch", "2", "-batch_size", "32", "-lr",
+                      "1e-3", "-workers", "0", "-knn_every", "0", "-results", str(tmp_path / "r.xlsx"),
+                      "-results_dir", str(tmp_path / "run")])
+    (row,) = rows(tmp_path / "r.xlsx")
+    assert row["supervised_top1"] > 20, row["supervised_top1"]
