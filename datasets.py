@@ -126,7 +126,7 @@ class TransformDataset(Dataset):
         index, draw_key = item if isinstance(item, tuple) else (item, None)
         if draw_key is not None:  # Albumentations 2.x draws from its own generators, not numpy's global state
             rng = np.random.default_rng(draw_key)
-            self.transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+            self.transform.set_random_state(rng, random.Random(int(rng.bit_generator.random_raw())))
         image, label = self.base[index]
         views = self.views(image)
         return (views[0] if self.n_views == 1 else views), label
