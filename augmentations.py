@@ -130,10 +130,15 @@ def build_ops(name, size):
     return ops
 
 
-def build_transform(name, size, mean, std) -> A.Compose:
-    """uint8 HWC RGB image of any size -> float32 tensor (3, size, size), normalised with mean/std (in [0, 1] units)."""
+def build_transform(name, size, mean=None, std=None) -> A.Compose:
+    """uint8 HWC RGB image of any size -> tensor (3, size, size): float32 normalised with mean/std (in [0, 1] units),
+    or, without mean/std, uint8 for a loader whose batches are normalised on the device (training.Runtime.to_device),
+    which is what the scripts do."""
     ops = [t for _, t in build_ops(name, size)]
-    return Pipeline(ops + [A.Normalize(mean=mean, std=std, max_pixel_value=255), ToTensorV2()])
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither")
+    normalize = [] if mean is None else [A.Normalize(mean=mean, std=std, max_pixel_value=255)]
+    return Pipeline(ops + normalize + [ToTensorV2()])
 
 
 def op_names(name, size=32):

@@ -108,19 +108,19 @@ def calls_per_second(augment, images, seconds):
     return calls / elapsed
 
 
-def torchvision_pipeline(preset, size, mean, std):
-    ops = [TORCHVISION_OPS[name](op) for name, op in build_ops(preset, size)]
-    return v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+def torchvision_pipeline(preset, size):
+    """The same ops in torchvision v2; like the repo's pipeline, it returns a uint8 CHW tensor (normalised later,
+    on the device)."""
+    return v2.Compose([TORCHVISION_OPS[name](op) for name, op in build_ops(preset, size)])
 
 
 def bench_aug(args, device):
-    info = dataset_info("synthetic")
     small, _ = synthetic_images(256, np.random.default_rng(0))
     images = {32: small, 96: np.stack([cv2.resize(image, (96, 96), interpolation=cv2.INTER_LINEAR) for image in small])}
     candidates = {}
     for preset, size in itertools.product(PRESETS, images):
-        repo = build_transform(preset, size, info.mean, info.std)
-        tv = torchvision_pipeline(preset, size, info.mean, info.std)
+        repo = build_transform(preset, size)
+        tv = torchvision_pipeline(preset, size)
         candidates[preset, size, "repo"] = lambda image, t=repo: t(image=image)["image"]
         # torchvision gets what a dataset would hand it: the HWC numpy image as a CHW tensor view
         candidates[preset, size, "tv"] = lambda image, t=tv: t(torch.from_numpy(image).permute(2, 0, 1))
@@ -157,11 +157,15 @@ def endless(loader):
 
 def bench_loader(args, device):
     splits = load_splits("synthetic", synthetic_size=(args.loader_images, 100))
-    transform = build_transform(DEMO.aug, 32, splits.info.mean, splits.info.std)
+    size = args.loader_size
+    if size != 32:  # as a dataset of size-px images would hold them
+        splits.pretrain.images = np.stack([cv2.resize(image, (size, size)) for image in splits.pretrain.images])
+    transform = build_transform(DEMO.aug, size)
     dataset = TransformDataset(splits.pretrain, transform, n_views=DEMO.crops)
     rt = Runtime(torch.device("cpu"), "fp32")
     table(f"Training loader ('{DEMO.aug}', {DEMO.crops} views, batch {args.loader_batch}, "
-          f"{args.loader_images:,} images 32 px)", device, "workers", "views/s", "images/s", "ms/batch")
+          f"{args.loader_images:,} images {size} px, uint8 batches)", device, "workers", "views/s", "images/s",
+          "ms/batch")
     views_per_s = {}
     for workers in args.workers:
         loader = make_train_loader(rt, dataset, args.loader_batch, workers)
@@ -204,8 +208,9 @@ def simclr_default(rt):
 
 
 def steps_per_second(rt, model, optimizer, loss_fn, batch, warmup, steps):
-    """training.train_epoch (the scripts' own step) over one pinned two-view batch repeated."""
-    views = [torch.randn(batch, 3, 32, 32) for _ in range(2)]
+    """training.train_epoch (the scripts' own step, normalisation on the device included) over one pinned two-view
+    uint8 batch repeated."""
+    views = [torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8) for _ in range(2)]
     views = [v.pin_memory() for v in views] if rt.device.type == "cuda" else views  # as the loader's pin_memory
     batches = [(views, torch.zeros(batch, dtype=torch.long))]
     keep_lr = lambda t: optimizer.param_groups[0]["lr"]
@@ -216,6 +221,7 @@ def steps_per_second(rt, model, optimizer, loss_fn, batch, warmup, steps):
 
 
 def bench_step(args, device):
+    info = dataset_info("synthetic")
     cuda = device.type == "cuda"
     mixed = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else None
     settings = list(itertools.product(["fp32", mixed], [False, True])) if cuda else [("fp32", False)]
@@ -226,7 +232,7 @@ def bench_step(args, device):
     for name, build in (("MoCo", moco_demo), ("SimCLR", simclr_default)):
         for precision, channels_last in settings:
             free_memory(device)
-            rt = setup_runtime(precision, 0, channels_last)
+            rt = setup_runtime(precision, 0, channels_last, normalize=(info.mean, info.std))
             model, optimizer, loss_fn = build(rt)
             rate = steps_per_second(rt, model, optimizer, loss_fn, args.batch_size, args.warmup, args.steps)
             row(name, precision, "on" if channels_last else "off", f"{rate * args.batch_size:,.0f}",
@@ -246,9 +252,9 @@ def bench_epoch(args, device):
     n, batch = args.epoch_images, args.batch_size
     splits = load_splits("synthetic", synthetic_size=(n, max(n // 5, batch)))
     info = splits.info
-    rt = setup_runtime(d.precision, d.seed, d.channels_last)
-    eval_transform = build_transform("eval", info.image_size, info.mean, info.std)
-    train_set = TransformDataset(splits.pretrain, build_transform(d.aug, info.image_size, info.mean, info.std), d.crops)
+    rt = setup_runtime(d.precision, d.seed, d.channels_last, normalize=(info.mean, info.std))
+    eval_transform = build_transform("eval", info.image_size)
+    train_set = TransformDataset(splits.pretrain, build_transform(d.aug, info.image_size), d.crops)
     train_loader = make_train_loader(rt, train_set, batch, d.workers, d.seed)
     memory_loader = make_eval_loader(rt, TransformDataset(splits.memory, eval_transform), batch, d.workers)
     test_loader = make_eval_loader(rt, TransformDataset(splits.test, eval_transform), batch, d.workers)
@@ -296,6 +302,7 @@ def parse_args(argv, cuda):
     p.add_argument("--seconds", type=float, help="aug: timed seconds per pipeline in each of 3 rounds (1)")
     p.add_argument("--workers", type=int, nargs="+", help="loader: worker counts (0 1 ... cores)")
     p.add_argument("--loader-images", type=int, help="loader: synthetic images (10,000)")
+    p.add_argument("--loader-size", type=int, default=32, help="loader: image side in pixels (32; STL-10 is 96)")
     p.add_argument("--batch-size", type=int, help="step, epoch: batch (512 on GPU, 64 on CPU)")
     p.add_argument("--steps", type=int, help="step: timed steps (20 on GPU, 3 on CPU)")
     p.add_argument("--epoch-images", type=int, help="epoch: synthetic images (50,000 on GPU, 4 batches on CPU)")
@@ -315,7 +322,7 @@ def parse_args(argv, cuda):
     args.warmup = 0 if quick else 1 if cpu else 5
     args.epoch_images = args.epoch_images or (args.batch_size if quick else 4 * args.batch_size if cpu else 50_000)
     args.knn_size = args.knn_size or ([2_000, 500] if quick else [50_000, 10_000])
-    if min([args.seconds, args.loader_images, args.batch_size, args.steps, args.epoch_images, *args.knn_size]) <= 0:
+    if min([args.seconds, args.loader_images, args.loader_size, args.batch_size, args.steps, args.epoch_images, *args.knn_size]) <= 0:
         p.error("sizes, counts and seconds must be positive")
     if min(args.workers) < 0 or args.epoch_images < args.batch_size or args.loader_images < args.loader_batch:
         p.error("worker counts must be >= 0, and --epoch-images / --loader-images at least one batch")

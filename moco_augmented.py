@@ -15,8 +15,8 @@ import results
 from augmentations import build_transform
 from datasets import TransformDataset, dataset_info, load_splits, make_eval_loader, make_train_loader
 from models import ARCHS, MoCo
-from training import (ArgumentParser, EpochLog, UserError, curve_rows, fit, lr_at, make_run_dir, resume, rounded,
-                      run_main, run_record, setup_runtime, training_state, write_json)
+from training import (ArgumentParser, UserError, curve_rows, fit, lr_at, rounded, run_main, run_record, setup_runtime,
+                      start_run, training_state)
 
 
 def parse_args(argv=None):
@@ -83,9 +83,9 @@ def main(argv=None):
     started = time.time()
     info = dataset_info(args.dataset)
     crop_size = args.crop_size or info.image_size
-    train_transform = build_transform(args.aug, crop_size, info.mean, info.std)
-    eval_transform = build_transform("eval", crop_size, info.mean, info.std)
-    rt = setup_runtime(args.precision, args.seed, args.channels_last)
+    train_transform = build_transform(args.aug, crop_size)
+    eval_transform = build_transform("eval", crop_size)
+    rt = setup_runtime(args.precision, args.seed, args.channels_last, normalize=(info.mean, info.std))
     if rt.is_main:
         results.check_writable(args.results)
     if args.batch_size % rt.world_size:
@@ -119,19 +119,11 @@ def main(argv=None):
 
     signature = dict(script="moco", arch=args.arch, dataset=args.dataset, moco_dim=args.moco_dim, moco_k=args.moco_k,
                      mlp=args.mlp, cifar_stem=cifar_stem)
-    start_epoch, history = 0, []
-    if args.resume:
-        start_epoch, history, previous_dir = resume(rt, args.resume, signature, model, optimizer)
-        args.results_dir = args.results_dir or previous_dir
-    run_dir = make_run_dir(args.results_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-moco-{args.dataset}-{args.aug}",
-                           resuming=bool(args.resume))
+    start_epoch, log, run_dir, ddp_model = start_run(rt, args, model, optimizer, signature,
+                                                     f"moco-{args.dataset}-{args.aug}")
     if rt.is_main:
-        write_json(run_dir / "args.json", vars(args))
         print(f"MoCo {args.arch} on {args.dataset} ({len(splits.pretrain)} images, {crop_size}px, aug {args.aug}, "
               f"{args.crops} crops) | {rt.device} {rt.precision} x{rt.world_size} | run dir {run_dir}")
-
-    ddp_model = (nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
-                 if rt.distributed else model)
     train_model = torch.compile(ddp_model) if args.compile else ddp_model
     query_encoder = model.encoder_q  # the demo's kNN monitor uses the query encoder's (normalised) output
 
@@ -142,7 +134,6 @@ def main(argv=None):
 
     milestones = args.schedule
     schedule = "step" if milestones else "cos"
-    log = EpochLog(run_dir, history, enabled=rt.is_main)
     fit(rt, ddp_model, optimizer, train_loader,
         loss_fn=lambda views, labels: train_model(views),
         lr_fn=lambda t: lr_at(math.floor(t), args.lr, args.epochs, schedule, milestones),  # per epoch, as the demo
@@ -170,7 +161,7 @@ def main(argv=None):
 
 def linear_evaluation(rt, args, backbone, splits, info, crop_size, batch):
     """Frozen-backbone linear evaluation: a fast probe on cached features, or main_lincls with --linear-aug."""
-    eval_transform = build_transform("eval", crop_size, info.mean, info.std)
+    eval_transform = build_transform("eval", crop_size)
     test_loader = make_eval_loader(rt, TransformDataset(splits.test, eval_transform), batch, args.workers)
     if not args.linear_aug:
         train_loader = make_eval_loader(rt, TransformDataset(splits.memory, eval_transform), batch,
@@ -178,7 +169,7 @@ def linear_evaluation(rt, args, backbone, splits, info, crop_size, batch):
         return evaluation.linear_probe(rt, backbone, train_loader, test_loader, info.num_classes,
                                        epochs=args.linear_epochs, seed=args.seed)
     # main_lincls: crop + flip ('supervised' preset), SGD lr 30 momentum 0.9 wd 0, lr x0.1 at 60% and 80% of the epochs
-    train_transform = build_transform("supervised", crop_size, info.mean, info.std)
+    train_transform = build_transform("supervised", crop_size)
     train_loader = make_train_loader(rt, TransformDataset(splits.memory, train_transform), batch, args.workers,
                                      args.seed)
     head = nn.Linear(backbone.feat_dim, info.num_classes).to(rt.device)

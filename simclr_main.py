@@ -4,7 +4,6 @@ or, with -contrastive False, the same ResNet trained on labels (the supervised b
     python simclr_main.py                                  # SimCLR on CIFAR-10, Adam
     python simclr_main.py -contrastive False -epoch 50     # supervised baseline
 """
-import argparse
 import time
 
 import torch
@@ -18,8 +17,8 @@ from datasets import TransformDataset, dataset_info, load_splits, make_eval_load
 from lars import LARS
 from losses import nt_xent
 from models import SimCLR, gather_all
-from training import (ArgumentParser, EpochLog, UserError, curve_rows, fit, lr_at, make_run_dir, resume, rounded,
-                      run_main, run_record, setup_runtime, str2bool, training_state, write_json)
+from training import (ArgumentParser, UserError, curve_rows, fit, lr_at, rounded, run_main, run_record, setup_runtime,
+                      start_run, str2bool, training_state)
 
 OPTIMIZER_DEFAULTS = {  # lr (for batch 256) and weight decay
     "adam": (3e-4, 1e-6),
@@ -93,9 +92,9 @@ def main(argv=None):
     args.aug = args.aug or ("simclr" if args.contrastive else "supervised")
     info = dataset_info(args.dataset)
     crop_size = args.crop_size or info.image_size
-    train_transform = build_transform(args.aug, crop_size, info.mean, info.std)
-    eval_transform = build_transform("eval", crop_size, info.mean, info.std)
-    rt = setup_runtime(args.precision, args.seed, args.channels_last)
+    train_transform = build_transform(args.aug, crop_size)
+    eval_transform = build_transform("eval", crop_size)
+    rt = setup_runtime(args.precision, args.seed, args.channels_last, normalize=(info.mean, info.std))
     if rt.is_main:
         results.check_writable(args.results)
     if args.batch_size % rt.world_size:
@@ -122,19 +121,11 @@ def main(argv=None):
     warmup = min(10.0, args.epoch / 10) if args.optimizer == "lars" else 0.0
 
     signature = dict(script="simclr", method=method, arch=arch, dataset=args.dataset, projection_dim=args.projection_dim)
-    start_epoch, history = 0, []
-    if args.resume:
-        start_epoch, history, previous_dir = resume(rt, args.resume, signature, model, optimizer)
-        args.results_dir = args.results_dir or previous_dir
-    run_dir = make_run_dir(args.results_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{args.dataset}-{args.aug}",
-                           resuming=bool(args.resume))
+    start_epoch, log, run_dir, ddp_model = start_run(rt, args, model, optimizer, signature,
+                                                     f"{method}-{args.dataset}-{args.aug}")
     if rt.is_main:
-        write_json(run_dir / "args.json", vars(args))
         print(f"{method} {arch} on {args.dataset} ({len(pretrain)} images, {crop_size}px, aug {args.aug}) | "
               f"{args.optimizer} lr {lr:.4g} | {rt.device} {rt.precision} x{rt.world_size} | run dir {run_dir}")
-
-    ddp_model = (nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
-                 if rt.distributed else model)
 
     def contrastive_loss(views, labels):
         z1, z2 = ddp_model(views[0]), ddp_model(views[1])
@@ -147,7 +138,6 @@ def main(argv=None):
         model.backbone.eval()
         return evaluation.knn_top1(rt, model.backbone, memory_loader, test_loader, info.num_classes)
 
-    log = EpochLog(run_dir, history, enabled=rt.is_main)
     fit(rt, ddp_model, optimizer, train_loader, contrastive_loss if args.contrastive else supervised_loss,
         lr_fn=lambda t: lr_at(t, lr, args.epoch, "cos", warmup_epochs=warmup),
         epochs=args.epoch, start_epoch=start_epoch, log=log, monitor=monitor, monitor_every=args.knn_every,
@@ -176,7 +166,7 @@ def main(argv=None):
 
 def finetune_output_head(rt, args, model, splits, info, crop_size, batch):
     """Train the output head with cross-entropy on the frozen backbone (augmented labelled images, Adam, cosine)."""
-    transform = build_transform("supervised", crop_size, info.mean, info.std)
+    transform = build_transform("supervised", crop_size)
     model.output_head.requires_grad_(True)
     loader = make_train_loader(rt, TransformDataset(splits.memory, transform), batch, args.workers, args.seed + 1)
     head = nn.parallel.DistributedDataParallel(model.output_head) if rt.distributed else model.output_head

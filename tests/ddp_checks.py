@@ -1,5 +1,4 @@
 """Run by tests/test_distributed.py under `torchrun --nproc_per_node=2` (CPU, gloo); exits non-zero on a failure."""
-import os
 import sys
 from pathlib import Path
 

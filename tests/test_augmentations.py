@@ -16,7 +16,7 @@ from albumentations.pytorch import ToTensorV2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import augmentations as aug
-from training import UserError
+from training import Runtime, UserError
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 MOCO_JITTER = dict(brightness=(0.6, 1.4), contrast=(0.6, 1.4), saturation=(0.6, 1.4), hue=(-0.1, 0.1))
@@ -137,6 +137,32 @@ def test_output_shapes(spec):
         for size in (32, 50, 96):
             out = aug.build_transform(spec, size, MEAN, STD)(image=image)["image"]
             assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == (3, size, size)
+
+
+@pytest.mark.parametrize("spec, size", [("eval", 50), ("ours", 32), ("simclr", 96)])
+def test_uint8_views_normalised_on_the_device_equal_albumentations_normalize(spec, size):
+    """The scripts' path (uint8 views, Runtime.to_device normalises) gives the values A.Normalize gives."""
+    images = [random_image(96, 96, seed) for seed in range(4)]
+    on_cpu, in_workers = aug.build_transform(spec, size), aug.build_transform(spec, size, MEAN, STD)
+    on_cpu.set_random_seed(7)
+    in_workers.set_random_seed(7)
+    raw = torch.stack([on_cpu(image=image)["image"] for image in images])
+    expected = torch.stack([in_workers(image=image)["image"] for image in images])
+    assert raw.dtype == torch.uint8 and raw.shape == (4, 3, size, size)
+    for channels_last in (False, True):
+        rt = Runtime(torch.device("cpu"), "fp32", channels_last=channels_last, normalize=(MEAN, STD))
+        first, second = rt.to_device([raw, raw.clone()])
+        assert first.dtype == torch.float32 and torch.equal(first, second)
+        assert first.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        assert (first - expected).abs().max() < 1e-5
+    assert torch.equal(rt.to_device(expected), expected)  # a normalised float batch is only moved
+
+
+def test_uint8_batch_without_stats_and_half_stats_are_refused():
+    with pytest.raises(ValueError, match="normalize"):
+        Runtime(torch.device("cpu"), "fp32").to_device(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="mean and std"):
+        aug.build_transform("eval", 32, MEAN)
 
 
 def test_eval_normalises_with_given_stats_and_downcrops():

@@ -162,9 +162,9 @@ def test_moco_features_beat_random_init_features(tmp_path):
     moco_augmented.main(["--dataset", "synthetic", "--epochs", "2", "--batch-size", "32", "--bn-splits", "4",
                          "--moco-k", "256", "--aug", "original", "--workers", "0", "--knn-every", "0",
                          "--linear-epochs", "0", "--results", str(tmp_path / "r.xlsx"), "--results-dir", str(run_dir)])
-    rt = setup_runtime("fp32")
     splits = load_splits("synthetic")
-    transform = build_transform("eval", 32, splits.info.mean, splits.info.std)
+    rt = setup_runtime("fp32", normalize=(splits.info.mean, splits.info.std))
+    transform = build_transform("eval", 32)
     memory, test = (make_eval_loader(rt, TransformDataset(s, transform), 250, 0) for s in (splits.memory, splits.test))
 
     def backbone_knn(state):
