@@ -187,24 +187,26 @@ def bench_loader(args, device):
     return views_per_s.get(DEMO.workers)
 
 
-def moco_demo(rt):
-    """The MoCo CIFAR demo's model and optimizer, from moco_augmented.py's defaults."""
+def moco_demo(rt, compiled=False):
+    """The MoCo CIFAR demo's model and optimizer, from moco_augmented.py's defaults (compiled: as --compile)."""
     d = DEMO
     model = MoCo(d.arch, d.moco_dim, d.moco_k, d.moco_m, d.moco_t, True, d.bn_splits, d.symmetric, d.mlp or None)
     model = model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=d.lr, momentum=0.9, weight_decay=d.wd,
                                 foreach=rt.device.type == "cuda" or None)
-    return model, optimizer, lambda views, labels: model(views)
+    net = torch.compile(model) if compiled else model
+    return model, optimizer, lambda views, labels: net(views)
 
 
-def simclr_default(rt):
+def simclr_default(rt, compiled=False):
     """SimCLR with simclr_main.py's defaults (ResNet-18, Adam)."""
     s = simclr_main.parse_args([])
     model = SimCLR(f"resnet{s.base_model}", 10, s.projection_dim)
     model = model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
     model.output_head.requires_grad_(False)
     optimizer, _ = simclr_main.build_optimizer(s, model)
-    return model, optimizer, lambda views, labels: nt_xent(model(views[0]), model(views[1]), s.temperature)
+    net = torch.compile(model) if compiled else model
+    return model, optimizer, lambda views, labels: nt_xent(net(views[0]), net(views[1]), s.temperature)
 
 
 def steps_per_second(rt, model, optimizer, loss_fn, batch, warmup, steps):
@@ -224,23 +226,30 @@ def bench_step(args, device):
     info = dataset_info("synthetic")
     cuda = device.type == "cuda"
     mixed = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else None
-    settings = list(itertools.product(["fp32", mixed], [False, True])) if cuda else [("fp32", False)]
+    settings = [(precision, channels_last, False) for precision, channels_last
+                in itertools.product(["fp32", mixed] if cuda else ["fp32"], [False, True])]
+    if args.compile:  # the scripts' default setting (mixed precision and channels_last on GPU), compiled
+        settings.append((mixed or "fp32", cuda, True))
     table(f"Training step (ResNet-18 CIFAR stem, batch {args.batch_size} x 2 views at 32 px, {args.warmup} warm-up + "
-          f"{args.steps} timed steps)", device, "model", "precision", "channels_last", "images/s", "ms/step",
-          "peak GPU memory GiB")
+          f"{args.steps} timed steps)", device, "model", "precision", "channels_last", "torch.compile", "images/s",
+          "ms/step", "peak GPU memory GiB")
     moco_best = 0.0
     for name, build in (("MoCo", moco_demo), ("SimCLR", simclr_default)):
-        for precision, channels_last in settings:
+        for precision, channels_last, compiled in settings:
             free_memory(device)
             rt = setup_runtime(precision, 0, channels_last, normalize=(info.mean, info.std))
-            model, optimizer, loss_fn = build(rt)
+            rt.channels_last = channels_last  # timed on CPU too, where the scripts leave it off
+            model, optimizer, loss_fn = build(rt, compiled)
+            if compiled:  # the first step compiles
+                compile_s = timed(device, lambda: steps_per_second(rt, model, optimizer, loss_fn, args.batch_size, 0, 1))
             rate = steps_per_second(rt, model, optimizer, loss_fn, args.batch_size, args.warmup, args.steps)
-            row(name, precision, "on" if channels_last else "off", f"{rate * args.batch_size:,.0f}",
+            row(name, precision, "on" if channels_last else "off",
+                f"on (first step {compile_s:.0f} s)" if compiled else "off", f"{rate * args.batch_size:,.0f}",
                 f"{1000 / rate:.0f}", peak_memory(device))
             moco_best = max(moco_best, rate * args.batch_size) if name == "MoCo" else moco_best
             del model, optimizer, loss_fn
         if not cuda:
-            row(name, "mixed", "-", "n/a (CPU: fp32 only)", "", "")
+            row(name, "mixed", "-", "-", "n/a (CPU: fp32 only)", "", "")
     if cuda and torch.backends.cudnn.allow_tf32:
         print("\nfp32 rows run convolutions and matmuls in TF32, as training.setup_runtime sets for the scripts.")
     free_memory(device)
@@ -305,6 +314,8 @@ def parse_args(argv, cuda):
     p.add_argument("--loader-size", type=int, default=32, help="loader: image side in pixels (32; STL-10 is 96)")
     p.add_argument("--batch-size", type=int, help="step, epoch: batch (512 on GPU, 64 on CPU)")
     p.add_argument("--steps", type=int, help="step: timed steps (20 on GPU, 3 on CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="step: also time torch.compile at the scripts' default setting (compiling takes minutes)")
     p.add_argument("--epoch-images", type=int, help="epoch: synthetic images (50,000 on GPU, 4 batches on CPU)")
     p.add_argument("--knn-size", type=int, nargs=2, metavar=("BANK", "QUERIES"), help="knn: (50000 10000)")
     args = p.parse_args(argv)

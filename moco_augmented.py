@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (the first step compiles)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default=None, help="checkpoint_last.pth of the run to continue")
     p.add_argument("--results-dir", default=None, help="run directory (default runs/<time>-<dataset>-<aug>)")
@@ -119,12 +119,11 @@ def main(argv=None):
 
     signature = dict(script="moco", arch=args.arch, dataset=args.dataset, moco_dim=args.moco_dim, moco_k=args.moco_k,
                      mlp=args.mlp, cifar_stem=cifar_stem)
-    start_epoch, log, run_dir, ddp_model = start_run(rt, args, model, optimizer, signature,
+    start_epoch, log, run_dir, train_model = start_run(rt, args, model, optimizer, signature,
                                                      f"moco-{args.dataset}-{args.aug}")
     if rt.is_main:
         print(f"MoCo {args.arch} on {args.dataset} ({len(splits.pretrain)} images, {crop_size}px, aug {args.aug}, "
               f"{args.crops} crops) | {rt.device} {rt.precision} x{rt.world_size} | run dir {run_dir}")
-    train_model = torch.compile(ddp_model) if args.compile else ddp_model
     query_encoder = model.encoder_q  # the demo's kNN monitor uses the query encoder's (normalised) output
 
     def monitor():
@@ -134,7 +133,7 @@ def main(argv=None):
 
     milestones = args.schedule
     schedule = "step" if milestones else "cos"
-    fit(rt, ddp_model, optimizer, train_loader,
+    fit(rt, train_model, optimizer, train_loader,
         loss_fn=lambda views, labels: train_model(views),
         lr_fn=lambda t: lr_at(math.floor(t), args.lr, args.epochs, schedule, milestones),  # per epoch, as the demo
         epochs=args.epochs, start_epoch=start_epoch, log=log, monitor=monitor, monitor_every=args.knn_every,

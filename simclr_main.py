@@ -53,6 +53,7 @@ def parse_args(argv=None):
     option("workers", type=int, default=4)
     option("precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     option("channels_last", type=str2bool, default=True)
+    option("compile", type=str2bool, default=False, help="torch.compile the model (the first step compiles)")
     option("seed", type=int, default=0)
     option("resume", default=None)
     option("results_dir", default=None)
@@ -121,24 +122,24 @@ def main(argv=None):
     warmup = min(10.0, args.epoch / 10) if args.optimizer == "lars" else 0.0
 
     signature = dict(script="simclr", method=method, arch=arch, dataset=args.dataset, projection_dim=args.projection_dim)
-    start_epoch, log, run_dir, ddp_model = start_run(rt, args, model, optimizer, signature,
+    start_epoch, log, run_dir, train_model = start_run(rt, args, model, optimizer, signature,
                                                      f"{method}-{args.dataset}-{args.aug}")
     if rt.is_main:
         print(f"{method} {arch} on {args.dataset} ({len(pretrain)} images, {crop_size}px, aug {args.aug}) | "
               f"{args.optimizer} lr {lr:.4g} | {rt.device} {rt.precision} x{rt.world_size} | run dir {run_dir}")
 
     def contrastive_loss(views, labels):
-        z1, z2 = ddp_model(views[0]), ddp_model(views[1])
+        z1, z2 = train_model(views[0]), train_model(views[1])
         return nt_xent(gather_all(z1, with_grad=True), gather_all(z2, with_grad=True), args.temperature)
 
     def supervised_loss(images, labels):
-        return F.cross_entropy(ddp_model(images, classify=True), labels)
+        return F.cross_entropy(train_model(images, classify=True), labels)
 
     def monitor():
         model.backbone.eval()
         return evaluation.knn_top1(rt, model.backbone, memory_loader, test_loader, info.num_classes)
 
-    fit(rt, ddp_model, optimizer, train_loader, contrastive_loss if args.contrastive else supervised_loss,
+    fit(rt, train_model, optimizer, train_loader, contrastive_loss if args.contrastive else supervised_loss,
         lr_fn=lambda t: lr_at(t, lr, args.epoch, "cos", warmup_epochs=warmup),
         epochs=args.epoch, start_epoch=start_epoch, log=log, monitor=monitor, monitor_every=args.knn_every,
         checkpoint_state=lambda done: training_state(rt, model, optimizer, done, log, signature, run_dir, args),

@@ -246,7 +246,8 @@ def resume(rt, path, signature, model, optimizer):
 
 def start_run(rt, args, model, optimizer, signature, run_name):
     """Resume from args.resume when given, create the run directory (with args.json), wrap the model in DDP under
-    torchrun. Returns (first epoch, EpochLog, run dir, the model the training step calls)."""
+    torchrun and torch.compile it with args.compile. Returns (first epoch, EpochLog, run dir, the model the training
+    step calls)."""
     start_epoch, history = 0, []
     if args.resume:
         start_epoch, history, previous_dir = resume(rt, args.resume, signature, model, optimizer)
@@ -257,6 +258,8 @@ def start_run(rt, args, model, optimizer, signature, run_name):
     if rt.distributed:
         device_ids = [rt.device] if rt.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if args.compile:
+        model = torch.compile(model)
     return start_epoch, EpochLog(run_dir, history, enabled=rt.is_main), run_dir, model
 
 

@@ -53,9 +53,9 @@ def test_loader_has_a_row_per_worker_count(output):
 
 def test_step_epoch_and_knn_print_numbers(output):
     step = rows(output, "Training step")
-    assert {r[0] for r in step} == {"MoCo", "SimCLR"}
-    measured = [r for r in step if re.fullmatch(NUMBER, r[3])]
-    assert {r[0] for r in measured} == {"MoCo", "SimCLR"} and all(float(r[4]) > 0 for r in measured)
+    measured = [r for r in step if re.fullmatch(NUMBER, r[4])]
+    assert [r[:4] for r in measured] == [[m, "fp32", cl, "off"] for m in ("MoCo", "SimCLR") for cl in ("off", "on")]
+    assert all(float(r[5]) > 0 for r in measured)
     (epoch,) = rows(output, "Default MoCo recipe")
     assert all(re.fullmatch(NUMBER, cell) for cell in epoch[2:7])
     (knn,) = rows(output, "kNN monitor")
@@ -65,3 +65,13 @@ def test_step_epoch_and_knn_print_numbers(output):
 def test_a_mode_is_required():
     with pytest.raises(UserError, match="choose at least one mode"):
         bench.main([])
+
+
+def test_compile_adds_a_row_per_model(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(bench.torch, "compile", lambda model: compiled.append(model) or model)  # real: minutes on CPU
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench.main(["--step", "--quick", "--compile"])
+    step = rows(out.getvalue(), "Training step")
+    assert [r[0] for r in step if r[3].startswith("on (first step ")] == ["MoCo", "SimCLR"] and len(compiled) == 2

@@ -95,3 +95,21 @@ def test_supervised_baseline_beats_chance_by_a_wide_margin(tmp_path):
                       "-results_dir", str(tmp_path / "run")])
     (row,) = rows(tmp_path / "r.xlsx")
     assert row["supervised_top1"] > 20, row["supervised_top1"]
+
+
+@pytest.mark.parametrize("script", ["simclr", "moco"])
+def test_compile_flag_compiles_the_trained_model(tmp_path, monkeypatch, script):
+    """The wiring only: a real torch.compile takes minutes on CPU (BENCHMARKS.md has the measured run)."""
+    import moco_augmented
+    from models import MoCo, SimCLR
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    if script == "simclr":
+        simclr_main.main([*TINY, "-epoch", "1", "-finetune_epochs", "0", "-compile", "True",
+                          "-results", str(tmp_path / "r.xlsx"), "-results_dir", str(tmp_path / "run")])
+    else:
+        moco_augmented.main(["--dataset", "synthetic", "--subset", "64", "--batch-size", "32", "--moco-k", "64",
+                             "--workers", "0", "--epochs", "1", "--linear-epochs", "0", "--compile",
+                             "--results", str(tmp_path / "r.xlsx"), "--results-dir", str(tmp_path / "run")])
+    assert [type(m) for m in compiled] == [SimCLR if script == "simclr" else MoCo]
