@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import time
+from functools import partial
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations otherwise checks PyPI for updates at import
 
@@ -31,7 +32,8 @@ from torchvision.transforms import v2
 import moco_augmented
 import simclr_main
 from augmentations import build_ops, build_transform
-from datasets import TransformDataset, dataset_info, load_splits, make_eval_loader, make_train_loader, synthetic_images
+from datasets import (TransformDataset, dataset_info, load_splits, make_eval_loader, make_train_loader, synthetic_images,
+                      usable_cores)
 from evaluation import knn_predict, knn_top1
 from losses import nt_xent
 from models import MoCo, SimCLR
@@ -52,10 +54,6 @@ TORCHVISION_OPS = {
     "blur": lambda op: v2.RandomApply([v2.GaussianBlur(op.blur_limit[0], op.sigma_limit)], p=op.p),
 }
 SUBSTITUTES = "RandomEqualize for CLAHE, ColorJitter(brightness, contrast) for RandomBrightnessContrast"
-
-
-def usable_cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def machine(device):
@@ -187,10 +185,10 @@ def bench_loader(args, device):
     return views_per_s.get(DEMO.workers)
 
 
-def moco_demo(rt, compiled=False):
+def moco_demo(rt, compiled=False, bn_splits=DEMO.bn_splits):
     """The MoCo CIFAR demo's model and optimizer, from moco_augmented.py's defaults (compiled: as --compile)."""
     d = DEMO
-    model = MoCo(d.arch, d.moco_dim, d.moco_k, d.moco_m, d.moco_t, True, d.bn_splits, d.symmetric, d.mlp or None)
+    model = MoCo(d.arch, d.moco_dim, d.moco_k, d.moco_m, d.moco_t, True, bn_splits, d.symmetric, d.mlp or None)
     model = model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=d.lr, momentum=0.9, weight_decay=d.wd,
                                 foreach=rt.device.type == "cuda" or None)
@@ -226,31 +224,36 @@ def bench_step(args, device):
     info = dataset_info("synthetic")
     cuda = device.type == "cuda"
     mixed = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else None
-    settings = [(precision, channels_last, False) for precision, channels_last
-                in itertools.product(["fp32", mixed] if cuda else ["fp32"], [False, True])]
-    if args.compile:  # the scripts' default setting (mixed precision and channels_last on GPU), compiled
-        settings.append((mixed or "fp32", cuda, True))
+    default = mixed or "fp32"  # the scripts' precision on this device
+    grid = [(precision, channels_last, False) for precision, channels_last
+            in itertools.product(["fp32", mixed] if cuda else ["fp32"], [False, True])]
+    grid += [(default, cuda, True)] if args.compile else []  # the scripts' default setting, compiled
+    runs = [("MoCo", moco_demo, DEMO.bn_splits, setting) for setting in grid]
+    # SplitBatchNorm's cost: MoCo with plain BatchNorm, as each process has under DDP
+    runs += [("MoCo", partial(moco_demo, bn_splits=1), 1, (default, channels_last, False))
+             for channels_last in (False, True)]
+    runs += [("SimCLR", simclr_default, 1, setting) for setting in grid]
     table(f"Training step (ResNet-18 CIFAR stem, batch {args.batch_size} x 2 views at 32 px, {args.warmup} warm-up + "
-          f"{args.steps} timed steps)", device, "model", "precision", "channels_last", "torch.compile", "images/s",
-          "ms/step", "peak GPU memory GiB")
+          f"{args.steps} timed steps)", device, "model", "BatchNorm", "precision", "channels_last", "torch.compile",
+          "images/s", "ms/step", "peak GPU memory GiB")
     moco_best = 0.0
-    for name, build in (("MoCo", moco_demo), ("SimCLR", simclr_default)):
-        for precision, channels_last, compiled in settings:
-            free_memory(device)
-            rt = setup_runtime(precision, 0, channels_last, normalize=(info.mean, info.std))
-            rt.channels_last = channels_last  # timed on CPU too, where the scripts leave it off
-            model, optimizer, loss_fn = build(rt, compiled)
-            if compiled:  # the first step compiles
-                compile_s = timed(device, lambda: steps_per_second(rt, model, optimizer, loss_fn, args.batch_size, 0, 1))
-            rate = steps_per_second(rt, model, optimizer, loss_fn, args.batch_size, args.warmup, args.steps)
-            row(name, precision, "on" if channels_last else "off",
-                f"on (first step {compile_s:.0f} s)" if compiled else "off", f"{rate * args.batch_size:,.0f}",
-                f"{1000 / rate:.0f}", peak_memory(device))
-            moco_best = max(moco_best, rate * args.batch_size) if name == "MoCo" else moco_best
-            del model, optimizer, loss_fn
-        if not cuda:
-            row(name, "mixed", "-", "-", "n/a (CPU: fp32 only)", "", "")
-    if cuda and torch.backends.cudnn.allow_tf32:
+    for name, build, bn_splits, (precision, channels_last, compiled) in runs:
+        free_memory(device)
+        rt = setup_runtime(precision, 0, channels_last, normalize=(info.mean, info.std))
+        rt.channels_last = channels_last  # timed on CPU too, where the scripts leave it off
+        model, optimizer, loss_fn = build(rt, compiled)
+        if compiled:  # the first step compiles
+            compile_s = timed(device, lambda: steps_per_second(rt, model, optimizer, loss_fn, args.batch_size, 0, 1))
+        rate = steps_per_second(rt, model, optimizer, loss_fn, args.batch_size, args.warmup, args.steps)
+        row(name, f"{bn_splits} splits" if bn_splits > 1 else "plain", precision, "on" if channels_last else "off",
+            f"on (first step {compile_s:.0f} s)" if compiled else "off", f"{rate * args.batch_size:,.0f}",
+            f"{1000 / rate:.0f}", peak_memory(device))
+        if name == "MoCo" and bn_splits == DEMO.bn_splits:
+            moco_best = max(moco_best, rate * args.batch_size)
+        del model, optimizer, loss_fn
+    if not cuda:
+        print("\nfp32 only: mixed precision needs a CUDA GPU.")
+    elif torch.backends.cudnn.allow_tf32:
         print("\nfp32 rows run convolutions and matmuls in TF32, as training.setup_runtime sets for the scripts.")
     free_memory(device)
     return moco_best
@@ -271,17 +274,19 @@ def bench_epoch(args, device):
     model, optimizer, loss_fn = moco_demo(rt)
     monitor = lambda: knn_top1(rt, model.encoder_q.eval(), memory_loader, test_loader, info.num_classes,
                                d.knn_k, d.knn_t)
-    for epoch in range(2):  # the first pays for worker start-up and cudnn.benchmark's kernel search
+    monitor_s = []
+    for epoch in range(2):  # the first pays for worker start-up, cudnn.benchmark's kernel search, reading the eval set
         train_loader.sampler.set_epoch(epoch)
         train_s = timed(device, lambda: train_epoch(rt, model, train_loader, optimizer, loss_fn, lambda t: d.lr,
                                                     epoch, 2))
-        monitor_s = timed(device, monitor)
+        monitor_s.append(timed(device, monitor))
     table(f"Default MoCo recipe, one epoch (2nd of 2) on synthetic: aug '{d.aug}', {d.crops} crops, batch {batch}, "
           f"{d.workers} workers, kNN monitor every epoch", device, "train images", "precision", "train s",
           "kNN monitor s", "epoch s", "train images/s", f"{d.epochs} epochs (min)", "peak GPU memory GiB")
-    epoch_s = train_s + monitor_s
-    row(f"{n:,}", rt.precision, f"{train_s:.1f}", f"{monitor_s:.1f}", f"{epoch_s:.1f}",
+    epoch_s = train_s + monitor_s[1]
+    row(f"{n:,}", rt.precision, f"{train_s:.1f}", f"{monitor_s[1]:.1f}", f"{epoch_s:.1f}",
         f"{(n // batch) * batch / train_s:,.0f}", f"{d.epochs * epoch_s / 60:.1f}", peak_memory(device))
+    print(f"\nThe first epoch's monitor, which also read the eval images through the loader: {monitor_s[0]:.1f} s.")
     del model, optimizer, train_loader, memory_loader, test_loader
     free_memory(device)
 
@@ -349,7 +354,8 @@ def main(argv=None):
     if results.get("loader") and results.get("step"):
         consumed = results["step"] * DEMO.crops
         print(f"\nLoader at the default {DEMO.workers} workers: {results['loader']:,.0f} views/s = "
-              f"{results['loader'] / consumed:.1f}x the {consumed:,.0f} views/s the fastest MoCo step consumes.")
+              f"{results['loader'] / consumed:.1f}x the {consumed:,.0f} views/s the fastest MoCo step of the demo "
+              f"recipe ({DEMO.bn_splits} BatchNorm splits) consumes.")
     if "aug" in args.modes:  # last, so its headline is the last line printed
         bench_aug(args, device)
 

@@ -143,6 +143,16 @@ class EpochSampler(DistributedSampler):
         return ((index, (self.seed, self.epoch, index)) for index in super().__iter__())
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Loader workers per process: this node's usable cores shared among its torchrun processes, at most 16 (the
+    MoCo demo's num_workers). At 32 px one worker augments about 5k views/s, so a GPU step needs many of them."""
+    return max(1, min(16, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def _init_worker(worker_id: int) -> None:
     cv2.setNumThreads(0)  # OpenCV's own thread pool in every worker oversubscribes the cores
     seed = torch.initial_seed() % 2**32
@@ -150,9 +160,10 @@ def _init_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def make_loader(dataset, batch_size, workers, sampler=None, drop_last=False, device_type="cpu") -> DataLoader:
+def make_loader(dataset, batch_size, workers, sampler=None, drop_last=False, device_type="cpu", persistent=True):
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
-                      pin_memory=device_type == "cuda", persistent_workers=workers > 0, worker_init_fn=_init_worker)
+                      pin_memory=device_type == "cuda", persistent_workers=persistent and workers > 0,
+                      worker_init_fn=_init_worker)
 
 
 def make_train_loader(rt, dataset, batch_size, workers, seed=0) -> DataLoader:
@@ -161,11 +172,42 @@ def make_train_loader(rt, dataset, batch_size, workers, seed=0) -> DataLoader:
     return make_loader(dataset, batch_size, workers, sampler, drop_last=True, device_type=rt.device.type)
 
 
-def make_eval_loader(rt, dataset, batch_size, workers) -> DataLoader:
-    """In-order loader; under DDP each process takes images rank, rank + world, ... (see evaluation.interleave_shards)."""
+EVAL_CACHE_BYTES = 2 * 2**30  # eval sets up to this size after the eval transform are kept in memory (CIFAR: 0.18 GB)
+
+
+class ReplayedBatches:
+    """A loader read once: its first pass keeps every batch, later passes replay them without any worker.
+
+    For eval sets, whose transform is deterministic: the kNN monitor re-encodes the same images every epoch, and
+    re-running the workers for that would cost loader time every epoch for identical batches."""
+
+    def __init__(self, loader):
+        self.loader, self.batches = loader, None
+
+    def __len__(self):
+        return len(self.loader) if self.batches is None else len(self.batches)
+
+    def __iter__(self):
+        if self.batches is not None:
+            yield from self.batches
+            return
+        batches = []
+        for batch in self.loader:
+            batches.append(batch)
+            yield batch
+        self.batches, self.loader = batches, None  # dropping the loader ends its workers
+
+
+def make_eval_loader(rt, dataset, batch_size, workers):
+    """In-order batches; under DDP each process takes images rank, rank + world, ... (see evaluation.interleave_shards).
+    A set that fits in EVAL_CACHE_BYTES (as the uint8 views it becomes) is read once and replayed (ReplayedBatches);
+    a larger one is re-read on every pass by persistent workers."""
     if rt.world_size > 1:
         dataset = Subset(dataset, range(rt.rank, len(dataset), rt.world_size))
-    return make_loader(dataset, batch_size, workers, device_type=rt.device.type)
+    image = dataset[0][0] if len(dataset) else None
+    if image is None or len(dataset) * image.numel() * image.element_size() > EVAL_CACHE_BYTES:
+        return make_loader(dataset, batch_size, workers, device_type=rt.device.type)
+    return ReplayedBatches(make_loader(dataset, batch_size, workers, device_type=rt.device.type, persistent=False))
 
 
 def _torchvision(cls, root: Path, download: bool, archives: str, url: str, place_in: Path, **kwargs):

@@ -13,7 +13,8 @@ import torch.nn as nn
 import evaluation
 import results
 from augmentations import build_transform
-from datasets import TransformDataset, dataset_info, load_splits, make_eval_loader, make_train_loader
+from datasets import (TransformDataset, dataset_info, default_workers, load_splits, make_eval_loader,
+                      make_train_loader)
 from models import ARCHS, MoCo
 from training import (ArgumentParser, UserError, curve_rows, fit, lr_at, rounded, run_main, run_record, setup_runtime,
                       start_run, training_state)
@@ -50,7 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--linear-aug", action="store_true",
                    help="main_lincls protocol (augmented images, SGD lr 30, wd 0) instead of the cached-feature probe")
     p.add_argument("--subset", type=int, default=None, help="keep N training images (seeded)")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="loader workers per process (default: usable cores / processes on this node, at most 16)")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the first step compiles)")
@@ -67,6 +69,8 @@ def check_args(args):
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.subset is not None and args.subset <= 0:
         raise UserError(f"--subset must be > 0, got {args.subset}")
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
     if args.crops < 2:
         raise UserError(f"--crops must be 2 or more (MoCo needs a query and a key view), got {args.crops}")
     if args.crop_size is not None and args.crop_size < 8:
@@ -142,7 +146,8 @@ def main(argv=None):
 
     linear_top1 = linear_top5 = None
     if args.linear_epochs:
-        linear_top1, linear_top5 = linear_evaluation(rt, args, model.encoder_q.backbone, splits, info, crop_size, batch)
+        linear_top1, linear_top5 = linear_evaluation(rt, args, model.encoder_q.backbone, splits, info, crop_size, batch,
+                                                     memory_loader, test_loader)
         if rt.is_main:
             top5 = f", top-5 {linear_top5:.2f}%" if linear_top5 is not None and info.num_classes > 10 else ""
             print(f"linear evaluation top-1 {linear_top1:.2f}%{top5}")
@@ -158,14 +163,11 @@ def main(argv=None):
               f"results: {args.results} (run {run_id}) | run dir: {run_dir}")
 
 
-def linear_evaluation(rt, args, backbone, splits, info, crop_size, batch):
-    """Frozen-backbone linear evaluation: a fast probe on cached features, or main_lincls with --linear-aug."""
-    eval_transform = build_transform("eval", crop_size)
-    test_loader = make_eval_loader(rt, TransformDataset(splits.test, eval_transform), batch, args.workers)
+def linear_evaluation(rt, args, backbone, splits, info, crop_size, batch, memory_loader, test_loader):
+    """Frozen-backbone linear evaluation: a fast probe on cached features of the memory split (the kNN monitor's
+    eval-transform batches), or main_lincls with --linear-aug."""
     if not args.linear_aug:
-        train_loader = make_eval_loader(rt, TransformDataset(splits.memory, eval_transform), batch,
-                                                   args.workers)
-        return evaluation.linear_probe(rt, backbone, train_loader, test_loader, info.num_classes,
+        return evaluation.linear_probe(rt, backbone, memory_loader, test_loader, info.num_classes,
                                        epochs=args.linear_epochs, seed=args.seed)
     # main_lincls: crop + flip ('supervised' preset), SGD lr 30 momentum 0.9 wd 0, lr x0.1 at 60% and 80% of the epochs
     train_transform = build_transform("supervised", crop_size)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import evaluation
 import results
 from augmentations import build_transform
-from datasets import TransformDataset, dataset_info, load_splits, make_eval_loader, make_train_loader
+from datasets import (TransformDataset, dataset_info, default_workers, load_splits, make_eval_loader,
+                      make_train_loader)
 from lars import LARS
 from losses import nt_xent
 from models import SimCLR, gather_all
@@ -50,7 +51,8 @@ def parse_args(argv=None):
     option("crop_size", type=int, default=None)
     option("knn_every", type=int, default=1, help="kNN monitor of the backbone every N epochs (0 = only at the end)")
     option("subset", type=int, default=None)
-    option("workers", type=int, default=4)
+    option("workers", type=int, default=default_workers(),
+           help="loader workers per process (default: usable cores / processes on this node, at most 16)")
     option("precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     option("channels_last", type=str2bool, default=True)
     option("compile", type=str2bool, default=False, help="torch.compile the model (the first step compiles)")
@@ -69,6 +71,8 @@ def check_args(args):
         raise UserError(f"-lr must be > 0, got {args.lr}")
     if args.subset is not None and args.subset <= 0:
         raise UserError(f"-subset must be > 0, got {args.subset}")
+    if args.workers < 0:
+        raise UserError(f"-workers must be >= 0, got {args.workers}")
     if args.finetune_epochs < 0:
         raise UserError(f"-finetune_epochs must be >= 0, got {args.finetune_epochs}")
 

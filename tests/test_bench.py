@@ -2,7 +2,6 @@
 import contextlib
 import io
 import re
-import warnings
 
 import pytest
 import torch
@@ -20,8 +19,7 @@ def output():
     torch.set_num_threads(1)
     out = io.StringIO()
     try:
-        with contextlib.redirect_stdout(out), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "This DataLoader will create")  # the MoCo recipe's 4 workers on 2 cores
+        with contextlib.redirect_stdout(out):
             bench.main(["--all", "--quick", "--workers", "0", "2"])
     finally:
         torch.set_num_threads(threads)
@@ -53,9 +51,9 @@ def test_loader_has_a_row_per_worker_count(output):
 
 def test_step_epoch_and_knn_print_numbers(output):
     step = rows(output, "Training step")
-    measured = [r for r in step if re.fullmatch(NUMBER, r[4])]
-    assert [r[:4] for r in measured] == [[m, "fp32", cl, "off"] for m in ("MoCo", "SimCLR") for cl in ("off", "on")]
-    assert all(float(r[5]) > 0 for r in measured)
+    assert [r[:5] for r in step] == [[m, bn, "fp32", cl, "off"] for m, bn in
+                                     (("MoCo", "8 splits"), ("MoCo", "plain"), ("SimCLR", "plain")) for cl in ("off", "on")]
+    assert all(re.fullmatch(NUMBER, r[5]) and float(r[6]) > 0 for r in step)
     (epoch,) = rows(output, "Default MoCo recipe")
     assert all(re.fullmatch(NUMBER, cell) for cell in epoch[2:7])
     (knn,) = rows(output, "kNN monitor")
@@ -74,4 +72,5 @@ def test_compile_adds_a_row_per_model(monkeypatch):
     with contextlib.redirect_stdout(out):
         bench.main(["--step", "--quick", "--compile"])
     step = rows(out.getvalue(), "Training step")
-    assert [r[0] for r in step if r[3].startswith("on (first step ")] == ["MoCo", "SimCLR"] and len(compiled) == 2
+    assert [r[:2] for r in step if r[4].startswith("on (first step ")] == [["MoCo", "8 splits"], ["SimCLR", "plain"]]
+    assert len(compiled) == 2

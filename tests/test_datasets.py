@@ -473,6 +473,44 @@ def test_eval_loader_shards_in_order():
     assert torch.equal(labels[0], torch.as_tensor(base.labels[0::2])) and torch.equal(labels[1], torch.as_tensor(base.labels[1::2]))
 
 
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_eval_batches_are_read_once_and_replayed(workers, monkeypatch):
+    base = D.load_splits("synthetic", subset=20).memory
+    dataset = D.TransformDataset(base, normalize_only())
+    reads = []
+    monkeypatch.setattr(D.TransformDataset, "__getitem__",
+                        lambda self, i, read=D.TransformDataset.__getitem__: reads.append(i) or read(self, i))
+    replayed = D.make_eval_loader(FakeRuntime(), dataset, 8, workers)
+    assert isinstance(replayed, D.ReplayedBatches) and len(replayed) == 3
+    first, again = list(replayed), list(replayed)
+    direct = list(D.make_loader(dataset, 8, 0))
+    assert len(first) == len(again) == len(direct) == 3 and len(replayed) == 3
+    for (x1, y1), (x2, y2), (x3, y3) in zip(first, again, direct):
+        assert x2 is x1 and torch.equal(x1, x3) and torch.equal(y1, y3)
+    if workers == 0:  # the size probe, one pass, then the direct loader; the replay reads nothing
+        assert reads == [0] + list(range(20)) * 2
+
+
+def test_eval_sets_larger_than_the_cache_are_read_each_pass(monkeypatch):
+    dataset = D.TransformDataset(D.load_splits("synthetic", subset=20).memory, normalize_only())
+    monkeypatch.setattr(D, "EVAL_CACHE_BYTES", 20 * 3 * 32 * 32 * 4 - 1)  # one byte short of the 20 float32 images
+    assert isinstance(D.make_eval_loader(FakeRuntime(), dataset, 8, 0), torch.utils.data.DataLoader)
+    monkeypatch.setattr(D, "EVAL_CACHE_BYTES", 20 * 3 * 32 * 32 * 4)
+    assert isinstance(D.make_eval_loader(FakeRuntime(), dataset, 8, 0), D.ReplayedBatches)
+
+
+@pytest.mark.parametrize("cores,local_world,expected", [(2, None, 2), (16, None, 16), (64, None, 16), (16, "4", 4),
+                                                        (2, "4", 1)])
+def test_default_workers_share_the_cores_among_local_processes(cores, local_world, expected, monkeypatch):
+    monkeypatch.setattr(D, "usable_cores", lambda: cores)
+    if local_world is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+    assert D.default_workers() == expected
+
+
 # --- ImageNet-100 builder ---------------------------------------------------------------------------------------
 
 

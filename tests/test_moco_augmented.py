@@ -89,6 +89,7 @@ def error_of(argv, capsys, main=moco_augmented.main):
     (["--lr", "-1"], "--lr must be > 0"),
     (["--subset", "0"], "--subset must be > 0"),
     (["--crops", "1"], "--crops must be 2 or more"),
+    (["--workers", "-1"], "--workers must be >= 0"),
     (["--subset", "16", "--batch-size", "32"], "larger than the 16 training images"),
     (["--batch-size", "30", "--bn-splits", "4"], "does not split into --bn-splits 4"),
     (["--resume", "/nonexistent/checkpoint_last.pth"], "does not exist"),

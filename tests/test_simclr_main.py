@@ -71,6 +71,7 @@ def test_contrastive_flag_spellings(value, expected):
     (["-contrastive", "maybe"], "expected True/False"),
     (["-epoch", "0"], "-epoch must be > 0"),
     (["-lr", "0"], "-lr must be > 0"),
+    (["-workers", "-1"], "-workers must be >= 0"),
     (["-subset", "16"], "larger than the 16 training images"),
     (["-results", "/nonexistent-dir/r.xlsx"], "r.xlsx"),
 ])
