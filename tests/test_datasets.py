@@ -473,7 +473,6 @@ def test_eval_loader_shards_in_order():
     assert torch.equal(labels[0], torch.as_tensor(base.labels[0::2])) and torch.equal(labels[1], torch.as_tensor(base.labels[1::2]))
 
 
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_eval_batches_are_read_once_and_replayed(workers, monkeypatch):
     base = D.load_splits("synthetic", subset=20).memory
