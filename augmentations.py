@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-from training import UserError
+from cli import UserError
 
 
 class Pipeline(A.Compose):

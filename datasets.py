@@ -17,7 +17,7 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from augmentations import MultiView
-from training import UserError
+from cli import UserError
 
 DEFAULT_DATA_DIR = "./data"
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist

@@ -17,7 +17,7 @@ from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.chart import Reference, ScatterChart, Series
 from openpyxl.styles import Font
 
-from training import UserError
+from cli import UserError
 
 RUN_COLUMNS = [
     "run_id", "time", "script", "method", "dataset", "arch", "aug", "crops", "crop_size", "epochs", "batch_size",

@@ -1,12 +1,10 @@
 """Runtime shared by both entry points: errors, device/precision/DDP setup, LR schedules, checkpoints, the epoch loop."""
-import argparse
 import csv
 import json
 import math
 import os
 import random
 import subprocess
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -17,45 +15,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-
-class UserError(Exception):
-    """Bad input from the command line or the disk: reported as one line, exit code 2, no traceback."""
+from cli import ArgumentParser, UserError, run_main, str2bool  # noqa: F401  (re-exported until the doors move)
 
 
 class NonFiniteLoss(UserError):
     pass
-
-
-def run_main(main):
-    """Run an entry point: a UserError becomes one line on stderr and exit code 2."""
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are UserErrors: one line, like every other bad input."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see --help)")
-
-
-def str2bool(value):
-    if isinstance(value, bool):
-        return value
-    if value.lower() in ("true", "1", "yes", "y"):
-        return True
-    if value.lower() in ("false", "0", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True/False/1/0/yes/no, got {value!r}")
 
 
 # ---------------------------------------------------------------- device, precision, processes

@@ -1,0 +1,60 @@
+"""What every door shares: one-line errors (UserError -> `error: ...`, exit 2), the argparse wrapper, run_main."""
+import argparse
+import sys
+
+
+class UserError(Exception):
+    """Bad input from the command line or the disk: reported as one line, exit code 2, no traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are UserErrors (one line, like every other bad input) and whose --help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
+
+def str2bool(value):
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("true", "1", "yes", "y"):
+        return True
+    if value.lower() in ("false", "0", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True/False/1/0/yes/no, got {value!r}")
+
+
+def one_line(error):
+    """The message of a UserError, unwrapped when a DataLoader worker raised it: torch re-raises it in the main process
+    with the worker's whole traceback as its text ("Caught UserError in DataLoader worker process 0 ...")."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and "Traceback" in str(error):
+        last = lines[-1]
+        return last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("UserError") else last
+    return " ".join(line.strip() for line in lines)
+
+
+def fail(message):
+    """The one place a door turns a UserError into its line on stderr and exit code 2."""
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_main(main, argv=None):
+    """Run an entry point: a UserError becomes one line on stderr and exit code 2; Ctrl-C exits 130."""
+    try:
+        return main(argv)
+    except UserError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        import torch.distributed as dist  # imported late: cli stays importable without torch for --help speed
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
