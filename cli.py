@@ -45,10 +45,10 @@ def fail(message):
     sys.exit(2)
 
 
-def run_main(main, argv=None):
+def run_main(main):
     """Run an entry point: a UserError becomes one line on stderr and exit code 2; Ctrl-C exits 130."""
     try:
-        return main(argv)
+        return main()
     except UserError as error:
         fail(error)
     except KeyboardInterrupt:
@@ -58,3 +58,20 @@ def run_main(main, argv=None):
         import torch.distributed as dist  # imported late: cli stays importable without torch for --help speed
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def parse_with_given(parser, argv=None):
+    """Parse argv; also return the names (dests) the command line set explicitly, which --resume needs to tell an
+    option the user changed from one left at its default."""
+    options = parser.parse_args(argv)
+    defaults = {action.dest: action.default for action in parser._actions}
+    parser_defaults, parser._defaults = parser._defaults, {}  # set_defaults() values apply even to suppressed actions
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        given = set(vars(parser.parse_args(argv)))
+    finally:
+        parser._defaults = parser_defaults
+        for action in parser._actions:
+            action.default = defaults[action.dest]
+    return options, given

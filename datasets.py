@@ -1,27 +1,26 @@
-"""Dataset registry: standard on-disk formats read through torchvision and served as uint8 HWC RGB arrays,
-so Albumentations works on them directly; multi-view wrapper, seeded loaders, ImageNet-100 builder.
+"""Dataset registry: the standard on-disk formats (through torchvision where it reads them) served as uint8 HWC RGB
+arrays, so Albumentations works on them directly; synthetic data, subsets, validation splits, ImageNet-100 builder.
 CLI: python datasets.py build-imagenet100 IMAGENET_ROOT OUT_ROOT"""
-import argparse
 import dataclasses
 import gzip
 import os
-import random
-import sys
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
-import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset
+from torchvision.datasets.utils import check_integrity
 
-from augmentations import MultiView
-from cli import UserError
+from cli import ArgumentParser, UserError, run_main
 
 DEFAULT_DATA_DIR = "./data"
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MIN_CROP_SIZE = 8  # the CIFAR-stem ResNet's last stage is 1/8 of its input: 1x1 at 8 px
 
 # The ImageNet-100 subset of CMC (HobbitLong/CMC imagenet100.txt), also used by solo-learn.
 IMAGENET100_CLASSES = """
@@ -71,10 +70,23 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
+def check_crop_size(info: DatasetInfo, crop_size: Optional[int]) -> int:
+    """The training crop size: `crop_size`, or the dataset's native size when None. Downcrops down to MIN_CROP_SIZE
+    and upscaling up to max(4x native, 512) px pass; anything larger would only exhaust memory in cv2 or the model."""
+    if crop_size is None:
+        return info.image_size
+    largest = max(4 * info.image_size, 512)
+    if not MIN_CROP_SIZE <= crop_size <= largest:
+        raise UserError(f"crop size {crop_size} is out of range for {info.name} (native {info.image_size} px): "
+                        f"choose {MIN_CROP_SIZE}..{largest}")
+    return crop_size
+
+
 def read_rgb(path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise UserError(f"cannot decode image {path}")
+        raise UserError(f"image {path} is missing" if not os.path.isfile(path) else
+                        f"cannot decode image {path} (corrupt or not an image): replace or delete it")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -105,143 +117,90 @@ class Splits:
     pretrain: ImageDataset  # STL-10: train+unlabeled; others: train
     memory: ImageDataset  # labelled train split: kNN memory bank / linear-probe train set
     test: ImageDataset
+    val: Optional[ImageDataset] = None  # labelled images held out of pretrain and memory (load_splits' val_size)
 
 
-class TransformDataset(Dataset):
-    """Applies an Albumentations transform (ending in ToTensorV2) to each image, n_views times for multi-view.
-
-    An index may come as (index, draw_key) from EpochSampler: the augmentations are then drawn from an RNG seeded by
-    that key, so they depend on (seed, epoch, index) only, not on the worker that serves them or on a resume.
-    """
-
-    def __init__(self, base: ImageDataset, transform, n_views: int = 1):
-        self.base, self.transform, self.n_views = base, transform, n_views
-        self.views = MultiView(transform, n_views)
-        self.labels = base.labels
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, item):
-        index, draw_key = item if isinstance(item, tuple) else (item, None)
-        if draw_key is not None:  # Albumentations 2.x draws from its own generators, not numpy's global state
-            rng = np.random.default_rng(draw_key)
-            self.transform.set_random_state(rng, random.Random(int(rng.bit_generator.random_raw())))
-        image, label = self.base[index]
-        views = self.views(image)
-        return (views[0] if self.n_views == 1 else views), label
+# --- torchvision's CIFAR and STL-10 -------------------------------------------------------------------------------
 
 
-class EpochSampler(DistributedSampler):
-    """DistributedSampler (this process's share of a permutation fixed by seed and epoch; also for one process)
-    that pairs every index with the key its augmentations are drawn from."""
-
-    def __init__(self, dataset, rank=0, world_size=1, seed=0):
-        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-
-    def __iter__(self):
-        return ((index, (self.seed, self.epoch, index)) for index in super().__iter__())
+def _checked_files(cls, root: Path):
+    """(path, md5) of every file torchvision's integrity check covers, and of the archive they come from."""
+    files = [(root / cls.base_folder / name, md5) for name, md5 in cls.train_list + cls.test_list]
+    if hasattr(cls, "meta"):
+        files.append((root / cls.base_folder / cls.meta["filename"], cls.meta["md5"]))
+    return files + [(root / cls.filename, cls.tgz_md5)]
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def _unreadable_pickle(cls, root: Path):
+    """(path, reason) of the first CIFAR pickle that does not hold what torchvision reads from it, or None."""
+    folder = root / cls.base_folder
+    for name in [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]:
+        try:
+            with open(folder / name, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+        except Exception as error:  # noqa: BLE001 -- whatever unpickling raises, this file is the culprit
+            return folder / name, f"cannot unpickle it: {type(error).__name__}"
+        if name == cls.meta["filename"]:
+            needed = [cls.meta["key"]]
+        else:
+            needed = ["data", "labels" if isinstance(entry, dict) and "labels" in entry else "fine_labels"]
+        missing = [key for key in needed if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            return folder / name, f"no {missing[0]!r} key"
+        if name != cls.meta["filename"]:
+            data, labels = np.asarray(entry["data"]), entry[needed[1]]
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+                return folder / name, f"data of shape {data.shape} with {len(labels)} labels"
+    return None
 
 
-def default_workers() -> int:
-    """Loader workers per process: this node's usable cores shared among its torchrun processes, at most 16 (the
-    MoCo demo's num_workers). At 32 px one worker augments about 5k views/s, so a GPU step needs many of them."""
-    return max(1, min(16, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-
-
-def _init_worker(worker_id: int) -> None:
-    cv2.setNumThreads(0)  # OpenCV's own thread pool in every worker oversubscribes the cores
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def make_loader(dataset, batch_size, workers, sampler=None, drop_last=False, device_type="cpu", persistent=True):
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
-                      pin_memory=device_type == "cuda", persistent_workers=persistent and workers > 0,
-                      worker_init_fn=_init_worker)
-
-
-def make_train_loader(rt, dataset, batch_size, workers, seed=0) -> DataLoader:
-    """Shuffled, augmentation-seeded loader of full batches of this process's share (call sampler.set_epoch)."""
-    sampler = EpochSampler(dataset, rt.rank, rt.world_size, seed)
-    return make_loader(dataset, batch_size, workers, sampler, drop_last=True, device_type=rt.device.type)
-
-
-EVAL_CACHE_BYTES = 2 * 2**30  # eval sets up to this size after the eval transform are kept in memory (CIFAR: 0.18 GB)
-
-
-class ReplayedBatches:
-    """A loader read once: its first pass keeps every batch, later passes replay them without any worker.
-
-    For eval sets, whose transform is deterministic: the kNN monitor re-encodes the same images every epoch, and
-    re-running the workers for that would cost loader time every epoch for identical batches."""
-
-    def __init__(self, loader):
-        self.loader, self.batches = loader, None
-
-    def __len__(self):
-        return len(self.loader) if self.batches is None else len(self.batches)
-
-    def __iter__(self):
-        if self.batches is not None:
-            yield from self.batches
-            return
-        batches = []
-        for batch in self.loader:
-            batches.append(batch)
-            yield batch
-        self.batches, self.loader = batches, None  # dropping the loader ends its workers
-
-
-def make_eval_loader(rt, dataset, batch_size, workers):
-    """In-order batches; under DDP each process takes images rank, rank + world, ... (see evaluation.interleave_shards).
-    A set that fits in EVAL_CACHE_BYTES (as the uint8 views it becomes) is read once and replayed (ReplayedBatches);
-    a larger one is re-read on every pass by persistent workers."""
-    if rt.world_size > 1:
-        dataset = Subset(dataset, range(rt.rank, len(dataset), rt.world_size))
-    image = dataset[0][0] if len(dataset) else None
-    if image is None or len(dataset) * image.numel() * image.element_size() > EVAL_CACHE_BYTES:
-        return make_loader(dataset, batch_size, workers, device_type=rt.device.type)
-    return ReplayedBatches(make_loader(dataset, batch_size, workers, device_type=rt.device.type, persistent=False))
-
-
-def _torchvision(cls, root: Path, download: bool, archives: str, url: str, place_in: Path, **kwargs):
-    """Construct a torchvision dataset, turning a failed download or missing data into one clear UserError."""
-    it = "them" if "," in archives else "it"
+def _torchvision(cls, root: Path, download: bool, **kwargs):
+    """torchvision's CIFAR10/CIFAR100/STL10; missing, corrupt or unreadable files and a failed download end in one
+    UserError that says which file to place where."""
+    fresh_copy = f"{cls.filename} (from {cls.url}) in {root}/"
     try:
-        return cls(root=str(root), download=download, **kwargs)
-    except (OSError, RuntimeError) as error:  # URLError is an OSError; torchvision raises RuntimeError too
+        dataset = cls(root=str(root), download=download, **kwargs)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; a failed checksum is a RuntimeError
+        corrupt = [str(path.relative_to(root)) for path, md5 in _checked_files(cls, root)
+                   if path.is_file() and not check_integrity(str(path), md5)]
+        if corrupt:
+            them = "them" if len(corrupt) > 1 else "it"
+            raise UserError(
+                f"{', '.join(corrupt)} in {root}/ {'are' if len(corrupt) > 1 else 'is'} present but corrupt (checksum "
+                f"mismatch): delete {them} and run with download on to re-download, "
+                f"or place a fresh copy of {fresh_copy} and run with download on to extract it"
+            ) from error
         if download:
             reason = str(error).strip().splitlines()[0][:150] if str(error).strip() else type(error).__name__
-            raise UserError(
-                f"could not download {archives} ({reason}; no network?): "
-                f"download {it} by hand from {url} and place {it} in {place_in}/"
-            ) from error
-        raise UserError(
-            f"{cls.__name__} data not found in {root}: download {archives} from {url}, "
-            f"place {it} in {place_in}/ and run with download on"
-        ) from error
+            raise UserError(f"could not download {cls.filename} ({reason}; no network?): download it by hand from "
+                            f"{cls.url} and place it in {root}/") from error
+        raise UserError(f"{cls.__name__} data not found in {root}: place {fresh_copy} and run with download on"
+                        ) from error
+    except (KeyError, ValueError, TypeError, EOFError, pickle.UnpicklingError) as error:
+        raise _unreadable(cls, root) from error  # the checksums passed (or were bypassed), yet the files are wrong
+    if len(dataset.data) != len(getattr(dataset, "targets", getattr(dataset, "labels", None))):
+        raise _unreadable(cls, root)
+    return dataset
+
+
+def _unreadable(cls, root: Path) -> UserError:
+    """The error for files that passed the integrity check but do not hold what torchvision reads from them."""
+    culprit = _unreadable_pickle(cls, root) if hasattr(cls, "meta") else None
+    what = (f"{culprit[0]} is not a {cls.__name__} file ({culprit[1]})" if culprit else
+            f"the {cls.__name__} files in {root / cls.base_folder} do not hold one label per image")
+    return UserError(f"{what}: delete {root / cls.base_folder} and place a fresh copy of {cls.filename} "
+                     f"(from {cls.url}) in {root}/")
 
 
 def _cifar(cls, root, download):
-    def load(train):
-        return _torchvision(cls, root, download, cls.filename, cls.url, root, train=train)
-
-    train, test = load(True), load(False)
+    train, test = (_torchvision(cls, root, download, train=train) for train in (True, False))
     train_set = ImageDataset(train.data, train.targets)
     return train_set, train_set, ImageDataset(test.data, test.targets)
 
 
 def _stl10(root, download):
-    cls = torchvision.datasets.STL10
-
     def load(split):
-        data = _torchvision(cls, root, download, cls.filename, cls.url, root, split=split)
+        data = _torchvision(torchvision.datasets.STL10, root, download, split=split)
         return ImageDataset(data.data.transpose(0, 2, 3, 1), data.labels)  # (N,3,96,96) -> HWC view
 
     pretrain = load("train+unlabeled")
@@ -251,42 +210,56 @@ def _stl10(root, download):
     return pretrain, memory, load("test")
 
 
+# --- Fashion-MNIST idx files --------------------------------------------------------------------------------------
+
+FASHION_FILES = [name for name, _ in torchvision.datasets.FashionMNIST.resources]  # train images, labels; test ...
+
+
 def _read_idx(path) -> np.ndarray:
     """An idx file (uint8 payload, big-endian dims), gzipped or not."""
-    with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
-        data = f.read()
-    if data[:3] != b"\x00\x00\x08":
-        raise UserError(f"{path} is not a uint8 idx file")
-    dims = np.frombuffer(data, ">u4", count=data[3], offset=4).astype(int)
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(dims)
+    try:
+        with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
+            data = f.read()
+        if data[:3] != b"\x00\x00\x08":
+            raise ValueError("no uint8 idx header")
+        dims = np.frombuffer(data, ">u4", count=data[3], offset=4).astype(int)
+        return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(dims)
+    except (OSError, EOFError, ValueError) as error:  # gzip.BadGzipFile is an OSError; a short payload a ValueError
+        raise UserError(f"{path} is not a readable uint8 idx file ({error}): replace it") from error
 
 
 def _fashion_files(folder: Path):
     """The four idx files directly in folder (gzipped or not), or None."""
     files = []
-    for archive, _ in torchvision.datasets.FashionMNIST.resources:
-        candidates = [folder / archive, folder / archive[: -len(".gz")]]
-        found = [path for path in candidates if path.is_file()]
+    for archive in FASHION_FILES:
+        found = [path for path in (folder / archive, folder / archive[: -len(".gz")]) if path.is_file()]
         if not found:
             return None
         files.append(found[0])
     return files
 
 
-def _fashionmnist(root: Path, download: bool, is_default_dir: bool):
+def _fashionmnist(root: Path, download: bool):
     cls = torchvision.datasets.FashionMNIST
-    files = _fashion_files(root)
-    if files is None and is_default_dir and not (root / "FashionMNIST").exists():
-        files = _fashion_files(Path(DEBIAN_FASHION_MNIST))
-    if files is not None:
-        train_images, train_labels, test_images, test_labels = map(_read_idx, files)
-    else:
-        archives = ", ".join(name for name, _ in cls.resources)
-        place_in = root / "FashionMNIST" / "raw"
-        train = _torchvision(cls, root, download, archives, cls.mirrors[0], place_in, train=True)
-        test = _torchvision(cls, root, download, archives, cls.mirrors[0], place_in, train=False)
-        train_images, train_labels = train.data.numpy(), train.targets.numpy()
-        test_images, test_labels = test.data.numpy(), test.targets.numpy()
+    raw = root / cls.__name__ / "raw"  # where torchvision downloads them
+    folders = [root, raw, Path(DEBIAN_FASHION_MNIST)]
+    files = next(filter(None, map(_fashion_files, folders)), None)
+    failure = ""
+    if files is None and download:
+        try:
+            cls(root=str(root), train=True, download=True)
+            files = _fashion_files(raw)
+        except (OSError, RuntimeError) as error:  # torchvision's RuntimeError lists every mirror's URLError
+            failure = f"; the download from {cls.mirrors[0]} failed ({str(error).strip().splitlines()[-1][:150]})"
+    if files is None:
+        raise UserError(f"fashionmnist needs {', '.join(FASHION_FILES)} (or un-gzipped), found in none of "
+                        f"{', '.join(map(str, folders))}{failure}: place them in {root}/, "
+                        f"or apt-get install dataset-fashion-mnist")
+    train_images, train_labels, test_images, test_labels = map(_read_idx, files)
+    for images, labels, names in [(train_images, train_labels, files[:2]), (test_images, test_labels, files[2:])]:
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1 or len(images) != len(labels):
+            raise UserError(f"{names[0]} ({images.shape}) and {names[1]} ({labels.shape}) are not 28x28 images with "
+                            "one label each: replace them")
 
     def padded_rgb(gray):  # 28x28 -> 32x32 by a zero border (pixels stay exact), replicated to 3 channels
         out = np.zeros((len(gray), 32, 32, 3), np.uint8)
@@ -297,19 +270,27 @@ def _fashionmnist(root: Path, download: bool, is_default_dir: bool):
     return train_set, train_set, ImageDataset(padded_rgb(test_images), test_labels)
 
 
+# --- image files: TinyImageNet, ImageFolder ------------------------------------------------------------------------
+
+
 def _tinyimagenet(root: Path):
-    folder = root if (root / "train").is_dir() and (root / "val").is_dir() else root / "tiny-imagenet-200"
-    annotations = folder / "val" / "val_annotations.txt"
-    if not (folder / "train").is_dir() or not annotations.is_file():
+    folder = root if (root / "train").is_dir() else root / "tiny-imagenet-200"
+    if not (folder / "train").is_dir():
         raise UserError(
             f"tinyimagenet not found in {root}: download tiny-imagenet-200.zip "
             f"(http://cs231n.stanford.edu/tiny-imagenet-200.zip) and unzip it in {root}/ (giving {folder}/train, val)"
         )
+    annotations = folder / "val" / "val_annotations.txt"
+    if not annotations.is_file():
+        raise UserError(f"tinyimagenet: {annotations} (the validation labels) is missing: "
+                        f"unzip tiny-imagenet-200.zip in {folder.parent}/ again")
     classes = sorted(entry.name for entry in os.scandir(folder / "train") if entry.is_dir())
     class_index = {wnid: i for i, wnid in enumerate(classes)}
     train_files, train_labels = [], []
     for wnid in classes:
         images_dir = folder / "train" / wnid / "images"
+        if not images_dir.is_dir():
+            raise UserError(f"tinyimagenet: {images_dir} is missing")
         names = sorted(name for name in os.listdir(images_dir) if name.lower().endswith((".jpeg", ".jpg", ".png")))
         train_files += [str(images_dir / name) for name in names]
         train_labels += [class_index[wnid]] * len(names)
@@ -331,13 +312,16 @@ def _image_folder(root: Path, name: str):
         raise UserError(f"{name} needs an ImageFolder root with train/ and val/ class folders, not found in {root}{hint}")
     try:
         train, val = (torchvision.datasets.ImageFolder(str(root / split)) for split in ("train", "val"))
-    except FileNotFoundError as error:
+    except FileNotFoundError as error:  # a class folder without images
         raise UserError(f"{name}: {error}") from error
     if val.classes != train.classes:
         raise UserError(f"{name}: {root}/val and {root}/train hold different class folders")
     as_dataset = lambda folder: ImageDataset(np.array([path for path, _ in folder.samples]), folder.targets)
     train_set = as_dataset(train)
     return train_set, train_set, as_dataset(val), len(train.classes)
+
+
+# --- synthetic ------------------------------------------------------------------------------------------------------
 
 
 def _shape_mask(label: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -402,6 +386,9 @@ def _synthetic(synthetic_size, synthetic_seed):
     return train_set, train_set, ImageDataset(*synthetic_images(n_test, np.random.default_rng([synthetic_seed, 1])))
 
 
+# --- subsets and validation splits ----------------------------------------------------------------------------------
+
+
 def _take_subset(pretrain, memory, n, seed):
     if n <= 0 or n > min(len(pretrain), len(memory)):
         raise UserError(
@@ -414,9 +401,40 @@ def _take_subset(pretrain, memory, n, seed):
     return chosen, chosen if memory is pretrain else choose(memory)
 
 
-def load_splits(name, data_dir=None, download=True, subset=None, seed=0, synthetic_size=(1000, 500), synthetic_seed=0) -> Splits:
-    """Pretrain / memory / test splits of dataset `name`. `subset` keeps a seeded choice of that many pretrain and
-    memory images; `seed` drives only that choice: synthetic data is fixed by `synthetic_seed`."""
+def stratified_choice(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of n of `labels`, each class's count within 1 of its proportional share n * count / total
+    (largest remainders get the extra ones, ties broken at random)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    share = n * counts / len(labels)
+    per_class = np.floor(share).astype(int)
+    extra = np.lexsort((rng.random(len(classes)), per_class - share))[: n - per_class.sum()]
+    per_class[extra] += 1
+    chosen = [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c, k in zip(classes, per_class)]
+    return np.sort(np.concatenate(chosen))
+
+
+def _hold_out_val(pretrain, memory, val_size, seed):
+    """(pretrain, memory, val) with a stratified choice of val_size labelled images moved out of pretrain and memory."""
+    if not 0 < val_size < len(memory):
+        raise UserError(f"a validation split of {val_size} is impossible: choose 1..{len(memory) - 1} "
+                        f"(the labelled training split holds {len(memory)} images)")
+    val = stratified_choice(memory.labels, val_size, np.random.default_rng([seed, 1]))  # a stream apart from subsets
+    keep = np.setdiff1d(np.arange(len(memory)), val)
+    kept = memory.subset(keep)
+    if pretrain is memory:
+        return kept, kept, memory.subset(val)
+    unlabelled = np.arange(len(memory), len(pretrain))  # every reader puts memory's images first in pretrain
+    return pretrain.subset(np.concatenate([keep, unlabelled])), kept, memory.subset(val)
+
+
+def load_splits(name, data_dir=None, download=True, subset=None, seed=0, synthetic_size=(1000, 500), synthetic_seed=0,
+                val_size=0) -> Splits:
+    """Pretrain / memory / test splits of dataset `name`, and a validation split when val_size > 0.
+
+    `val_size` holds out a seeded, stratified choice of that many labelled training images as `val` (STL-10's
+    unlabelled images stay in pretrain). `subset` then keeps a seeded choice of that many of the remaining pretrain
+    images, and as many memory images (the same ones where pretrain is memory); the test split stays whole. `seed`
+    drives only these choices: synthetic data is fixed by `synthetic_seed`."""
     info = dataset_info(name)
     root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser().resolve()
     if root.is_file() and name != "synthetic":
@@ -430,15 +448,20 @@ def load_splits(name, data_dir=None, download=True, subset=None, seed=0, synthet
     elif name == "stl10":
         pretrain, memory, test = _stl10(root, download)
     elif name == "fashionmnist":
-        is_default_dir = data_dir is None or root == Path(DEFAULT_DATA_DIR).resolve()
-        pretrain, memory, test = _fashionmnist(root, download, is_default_dir)
+        pretrain, memory, test = _fashionmnist(root, download)
     elif name == "tinyimagenet":
         pretrain, memory, test, num_classes = _tinyimagenet(root)
     else:
         pretrain, memory, test, num_classes = _image_folder(root, name)
+    val = None
+    if val_size:
+        pretrain, memory, val = _hold_out_val(pretrain, memory, val_size, seed)
     if subset is not None:
         pretrain, memory = _take_subset(pretrain, memory, subset, seed)
-    return Splits(dataclasses.replace(info, num_classes=num_classes), pretrain, memory, test)
+    return Splits(dataclasses.replace(info, num_classes=num_classes), pretrain, memory, test, val)
+
+
+# --- ImageNet-100 builder -------------------------------------------------------------------------------------------
 
 
 def build_imagenet100(imagenet_root, out_root, classes=IMAGENET100_CLASSES) -> None:
@@ -459,20 +482,16 @@ def build_imagenet100(imagenet_root, out_root, classes=IMAGENET100_CLASSES) -> N
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Dataset utilities.")
+    parser = ArgumentParser(description="Dataset utilities.")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build-imagenet100", help="symlink the ImageNet-100 classes into an ImageFolder root")
     build.add_argument("imagenet_root", help="full ImageNet root with train/<wnid>/ and val/<wnid>/")
     build.add_argument("out_root", help="where to create train/ and val/")
     args = parser.parse_args(argv)
-    try:
-        build_imagenet100(args.imagenet_root, args.out_root)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    build_imagenet100(args.imagenet_root, args.out_root)
     linked = len(os.listdir(Path(args.out_root) / "train"))
     print(f"{args.out_root}: {linked} of {len(IMAGENET100_CLASSES)} ImageNet-100 classes linked")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

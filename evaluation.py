@@ -1,26 +1,45 @@
-"""Evaluation shared by both entry points: kNN monitor, linear probes, classification accuracy."""
+"""Evaluation every method shares: kNN monitor, linear probes, classification accuracy.
+
+Every function takes the network as a module and puts it in eval mode itself (and restores its mode after): features
+from a network whose BatchNorm is still in training mode would be silently wrong."""
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from training import lr_at, set_lr
+from optim import amp_step, lr_at, set_lr
+
+
+@contextmanager
+def evaluating(*modules):
+    """Modules in eval mode inside the block, each back in the mode it had after."""
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
 
 
 @torch.no_grad()
-def extract_features(rt, encode, loader, normalize=True):
-    """Features and labels of every image in `loader` (in dataset order), gathered from all processes.
+def extract_features(rt, encoder, loader, normalize=True):
+    """Features and labels of every image in `loader` (in dataset order) under encoder.eval(), from all processes.
 
     Under DDP each process encodes its own shard (loader built on a rank-strided Subset) and the shards are
     interleaved back into dataset order.
     """
     feats, labels = [], []
-    for images, y in tqdm(loader, desc="features", leave=False, disable=not rt.is_main):
-        with rt.autocast():
-            f = encode(rt.to_device(images))
-        feats.append(f.float())
-        labels.append(y.to(rt.device))
+    with evaluating(encoder):
+        for images, y in tqdm(loader, desc="features", leave=False, disable=not rt.is_main):
+            with rt.autocast():
+                f = encoder(rt.to_device(images))
+            feats.append(f.float())
+            labels.append(y.to(rt.device))
     feats, labels = torch.cat(feats), torch.cat(labels)
     if normalize:
         feats = F.normalize(feats, dim=1)
@@ -67,19 +86,19 @@ def topk_accuracy(scores, labels, ks=(1, 5)):
     return [100.0 * correct[:, :k].any(dim=1).float().mean().item() if k <= scores.shape[1] else None for k in ks]
 
 
-def knn_top1(rt, encode, memory_loader, test_loader, num_classes, k=200, t=0.1):
-    bank, bank_labels = extract_features(rt, encode, memory_loader)
-    feats, labels = extract_features(rt, encode, test_loader)
+def knn_top1(rt, encoder, memory_loader, test_loader, num_classes, k=200, t=0.1):
+    bank, bank_labels = extract_features(rt, encoder, memory_loader)
+    feats, labels = extract_features(rt, encoder, test_loader)
     return topk_accuracy(knn_predict(feats, bank, bank_labels, num_classes, k, t), labels, ks=(1,))[0]
 
 
-def linear_probe(rt, encode, train_loader, test_loader, num_classes, epochs=100, batch_size=256, lr=1e-3, seed=0):
+def linear_probe(rt, encoder, train_loader, test_loader, num_classes, epochs=100, batch_size=256, lr=1e-3, seed=0):
     """Fast linear probe: a linear classifier trained with Adam on cached, standardised frozen features.
 
     Returns (top1, top5) on the test set, top5 None when there are 5 classes or fewer.
     """
-    train_x, train_y = extract_features(rt, encode, train_loader, normalize=False)
-    test_x, test_y = extract_features(rt, encode, test_loader, normalize=False)
+    train_x, train_y = extract_features(rt, encoder, train_loader, normalize=False)
+    test_x, test_y = extract_features(rt, encoder, test_loader, normalize=False)
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -92,22 +111,23 @@ def linear_probe(rt, encode, train_loader, test_loader, num_classes, epochs=100,
             set_lr(optimizer, lr_at(epoch + step / steps, lr, epochs))
             loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # fp32 features: no loss scaling
             optimizer.step()
     with torch.no_grad():
         return tuple(topk_accuracy(head(test_x), test_y))
 
 
 @torch.no_grad()
-def classification_accuracy(rt, classify, loader):
-    """(top1, top5) of a classifier over a labelled loader, gathered over processes."""
-    scores, labels = extract_features(rt, classify, loader, normalize=False)
+def classification_accuracy(rt, classifier, loader):
+    """(top1, top5) of a classifier module over a labelled loader, gathered over processes."""
+    scores, labels = extract_features(rt, classifier, loader, normalize=False)
     return tuple(topk_accuracy(scores, labels))
 
 
 def train_linear_head(rt, backbone, head, train_loader, epochs, optimizer, lr_fn, desc="linear"):
     """Train `head` on the frozen `backbone` over augmented batches (facebookresearch/moco's main_lincls protocol,
     and SimCLR's output-head fine-tune). The backbone stays in eval mode, so its BatchNorm statistics are kept."""
+    mode = backbone.training
     backbone.eval()
     head.train()
     for epoch in range(epochs):
@@ -119,7 +139,5 @@ def train_linear_head(rt, backbone, head, train_loader, epochs, optimizer, lr_fn
                 feats = backbone(images)
             with rt.autocast():
                 loss = F.cross_entropy(head(feats.float()), labels)
-            optimizer.zero_grad(set_to_none=True)
-            rt.scaler.scale(loss).backward()
-            rt.scaler.step(optimizer)
-            rt.scaler.update()
+            amp_step(rt, optimizer, loss)
+    backbone.train(mode)

@@ -1,11 +1,14 @@
-"""The lab notebook results.xlsx: every training run appends a row, its per-epoch curves and a refreshed chart."""
+"""The lab notebook results.xlsx: every training run appends a row and its per-epoch curves, which refresh the chart,
+the summary over seeds and the args sheet; augmentation searches append their trials to the `search` sheet."""
 import csv
 import datetime
+import hashlib
 import json
 import math
 import os
 import re
 import secrets
+import statistics
 import sys
 import tempfile
 import warnings
@@ -15,22 +18,47 @@ import filelock
 import openpyxl
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.chart import Reference, ScatterChart, Series
-from openpyxl.styles import Font
+from openpyxl.styles import Alignment, Font
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet.properties import PageSetupProperties
 
 from cli import UserError
 
 RUN_COLUMNS = [
-    "run_id", "time", "script", "method", "dataset", "arch", "aug", "crops", "crop_size", "epochs", "batch_size",
-    "lr", "optimizer", "precision", "world_size", "knn_top1_final", "knn_top1_best", "linear_top1", "linear_top5",
-    "supervised_top1", "wall_time_s", "images_per_s", "peak_gpu_mem_gb", "hardware", "data", "run_dir",
-    "git_commit", "args",
+    "run_id", "time", "script", "method", "dataset", "arch", "head", "debias", "mochi", "aug", "policy", "crops",
+    "crop_size", "epochs", "batch_size", "lr", "optimizer", "precision", "world_size", "seed", "knn_top1_final",
+    "knn_top1_best", "linear_top1", "linear_top5", "supervised_top1", "wall_time_s", "images_per_s", "peak_gpu_mem_gb",
+    "hardware", "data", "run_dir", "git_commit", "method_options", "args",
 ]
 CURVE_COLUMNS = ["run_id", "epoch", "loss", "knn_top1", "lr", "epoch_s"]
+SEARCH_COLUMNS = ["study", "trial", "policy", "proxy_score", "state", "seconds", "method", "dataset", "spec", "seed",
+                  "test_top1", "time"]
+SEARCH_REQUIRED = SEARCH_COLUMNS[:6]
 REFERENCE_COLUMNS = ["source", "method", "dataset", "config", "epochs", "metric", "value"]
-SEED_CURVES_CSV = Path(__file__).resolve().parent / "reference" / "seed_moco_cifar10_knn.csv"
+JSON_COLUMNS = ["policy", "method_options", "args"]  # long texts: a one-line preview in `runs`, in full in `args`
+SUMMARY_KEYS = ["dataset", "method", "aug", "epochs"]
+SUMMARY_METRICS = ["knn_top1_final", "knn_top1_best", "linear_top1"]
+SHEET_ORDER = ["runs", "summary", "chart", "curves", "args", "search", "reference"]  # where a new sheet goes
+
+ACCURACY = "0.00"
+COLUMN_FORMATS = {
+    **dict.fromkeys(["knn_top1_final", "knn_top1_best", "linear_top1", "linear_top5", "supervised_top1", "knn_top1",
+                     "proxy_score", "test_top1"], ACCURACY),
+    "wall_time_s": "#,##0.0", "seconds": "#,##0.0", "epoch_s": "0.00", "images_per_s": "#,##0",
+    "peak_gpu_mem_gb": "0.00", "loss": "0.0000",
+    **{f"{metric}_{stat}": ACCURACY for metric in SUMMARY_METRICS for stat in ("mean", "std")},
+}
+CONTENT_WIDTHS = {  # characters the usual values need; a column is at least as wide as its bold header
+    "time": 20, "script": 19, "method": 11, "dataset": 13, "arch": 10, "head": 14, "mochi": 12, "aug": 18,
+    "policy": 30, "optimizer": 10, "hardware": 28, "data": 36, "run_dir": 50, "git_commit": 12,
+    "method_options": 30, "args": 30, "study": 20, "spec": 22, "state": 10, "seeds": 12,
+}
+ARGS_WIDTHS = {"policy": 50, "method_options": 40, "args": 100}
+PRINT_WIDTH_PER_PAGE = 150  # column-width units per landscape page: fitting more shrinks the print below ~80 %
 LOCK_TIMEOUT_S = 120
 CHART_MAX_RUNS = 20
-WIDE_COLUMNS = {"time": 20, "hardware": 28, "data": 30, "run_dir": 30, "git_commit": 14, "args": 60}
+HEADER_FONT = Font(name="Calibri", size=11, bold=True)  # bold alone falls back to a serif font in LibreOffice
+SEED_CURVES_CSV = Path(__file__).resolve().parent / "reference" / "seed_moco_cifar10_knn.csv"
 
 _MOCO = "facebookresearch/moco Colab demo (moco_cifar10_demo)"
 _SEED = "seed augmentation study (soonwonh/Modified-Moco, Moco_Cifar10.xlsx)"
@@ -53,8 +81,8 @@ PUBLISHED = [
     ("SimCLR paper (Chen et al. 2020), Appendix B.9", "SimCLR ResNet-50", "CIFAR-10", "ResNet-50", 1000,
      "linear top-1", 94.0),
 ]
-SEED_SERIES = [("original_knn_top1", "seed: original 4 transforms (82.19 @ ep 200)"),
-               ("ours7_knn_top1", "seed: 7 transforms (85.01 @ ep 200)")]
+SEED_SERIES = [("original_knn_top1", "seed study: original 4 transforms (82.19 @ ep 200)"),
+               ("ours7_knn_top1", "seed study: 7 transforms (85.01 @ ep 200)")]
 
 
 def default_path():
@@ -63,7 +91,8 @@ def default_path():
 
 
 def check_writable(path):
-    """Before training: fail now, with UserError, if the workbook could not be written at the end. Touches nothing."""
+    """Before training: fail now, with UserError, if the workbook could not be written at the end. Writes and removes
+    one temp file beside it (os.access says yes to root where writing fails, e.g. in /proc); touches nothing else."""
     path = Path(os.path.realpath(path))
     problem = None
     if path.is_dir():
@@ -72,10 +101,16 @@ def check_writable(path):
         problem = f"its directory {path.parent} does not exist"
     elif not path.parent.is_dir():
         problem = f"{path.parent} is not a directory"
-    elif not os.access(path.parent, os.W_OK | os.X_OK):
-        problem = f"its directory {path.parent} is not writable"  # the temp file + rename needs the directory
-    elif path.exists() and not os.access(path, os.W_OK):
-        problem = "the file is not writable"
+    else:
+        probe, target = _temp_name(path), f"its directory {path.parent}"  # the final temp file + rename needs it
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+            if path.exists():
+                target = "the file"
+                os.close(os.open(path, os.O_WRONLY))  # no O_TRUNC: opening for writing changes nothing
+        except OSError as error:
+            problem = f"{target} is not writable ({error.strerror})"
     if problem:
         raise UserError(f"cannot write the results workbook {path}: {problem} (choose another with --results PATH)")
 
@@ -85,28 +120,72 @@ def append_run(path, run, curves):
     unknown = set(run) - set(RUN_COLUMNS[1:]) | {key for point in curves for key in point} - set(CURVE_COLUMNS[1:])
     if unknown:
         raise ValueError(f"append_run: unknown keys {sorted(unknown)} (run_id is assigned by append_run)")
-    path = Path(os.path.realpath(path))
     row = {name: _cell_value(value) for name, value in run.items()}
-    row.setdefault("time", datetime.datetime.now().isoformat(timespec="seconds"))
+    row.setdefault("time", _now())
     points = [{name: _cell_value(value) for name, value in point.items()} for point in curves]
+
+    def add(workbook):
+        run_id = _next_run_id(workbook["runs"])
+        _append_by_header(workbook["runs"], {"run_id": run_id, **row})
+        for point in points:
+            _append_by_header(workbook["curves"], {"run_id": run_id, **point})
+        _rebuild_summary(workbook)
+        _rebuild_args(workbook)
+        _rebuild_chart(workbook)
+        return run_id
+
+    return _update_workbook(path, add, {"run": row, "curves": points}, "this run's row and curves")
+
+
+def append_search_trials(path, trials):
+    """Append augmentation-search or grid trials to the `search` sheet, one row each. Keys from SEARCH_COLUMNS:
+    study, trial, policy, proxy_score, state and seconds are required; time defaults to now."""
+    for trial in trials:
+        unknown, missing = set(trial) - set(SEARCH_COLUMNS), set(SEARCH_REQUIRED) - set(trial)
+        if unknown or missing:
+            raise ValueError(f"append_search_trials: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+    rows = [{"time": _now(), **{name: _cell_value(value) for name, value in trial.items()}} for trial in trials]
+
+    def add(workbook):
+        if "search" not in workbook.sheetnames:
+            _new_table(workbook, "search", SEARCH_COLUMNS)
+        for row in rows:
+            _append_by_header(workbook["search"], row)
+
+    _update_workbook(path, add, {"search_trials": rows}, "these search trials")
+
+
+def _now():
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def _update_workbook(path, change, unsaved, unsaved_name):
+    """Under the lock: load (or start) the workbook, change(workbook), save atomically; return what change returned.
+    If anything fails, `unsaved` (this call's numbers) goes to a JSON file beside the workbook, and the error is raised
+    (an OSError or UserError as one UserError naming that file)."""
+    path = Path(os.path.realpath(path))
     try:
-        with filelock.FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+        with _lock(path):
             check_writable(path)
             workbook = _load_or_start(path)
-            run_id = _next_run_id(workbook["runs"])
-            _append_by_header(workbook["runs"], {"run_id": run_id, **row})
-            for point in points:
-                _append_by_header(workbook["curves"], {"run_id": run_id, **point})
-            _rebuild_chart(workbook)
+            result = change(workbook)
             _save_atomically(workbook, path)
-        return run_id
-    except BaseException as error:  # whatever went wrong, the run's numbers must survive
-        fallback = _save_fallback(path, row, points, error)
+        return result
+    except BaseException as error:  # whatever went wrong, the numbers must survive
+        fallback = _save_fallback(path, unsaved, error)
         if isinstance(error, (OSError, UserError)):
             raise UserError(f"could not write the results workbook {path} ({error}); "
-                            f"this run's row and curves were saved to {fallback}") from error
-        print(f"results: could not write {path}; this run's row and curves were saved to {fallback}", file=sys.stderr)
+                            f"{unsaved_name} were saved to {fallback}") from error
+        print(f"results: could not write {path}; {unsaved_name} were saved to {fallback}", file=sys.stderr)
         raise
+
+
+def _lock(path):
+    # Not beside the workbook: the lock file would stay in the user's folder (unlinking it on release races with a
+    # waiting writer). The temp dir holds one per workbook, named by its resolved path; 0o666 so other users can lock.
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:24]
+    lock_path = Path(tempfile.gettempdir()) / f"results-xlsx-{digest}.lock"
+    return filelock.FileLock(str(lock_path), timeout=LOCK_TIMEOUT_S, mode=0o666)
 
 
 def _cell_value(value):
@@ -138,27 +217,57 @@ def _load_or_start(path):
                     break
                 aside = path.with_name(f"{path.stem}.corrupt-{stamp}-{n}{path.suffix}")
             os.replace(path, aside)
-            warnings.warn(f"{path} could not be read as a workbook ({type(error).__name__}: {error}); "
-                          f"moved it to {aside} and started a new one")
+            reason = " ".join(f"{type(error).__name__}: {error}".split())
+            print(f"note: {path} could not be read as a workbook ({reason}); moved it to {aside} and started a new one",
+                  file=sys.stderr)
     if workbook is None:
         workbook = openpyxl.Workbook()
         workbook.remove(workbook.active)
-    for name, columns in (("runs", RUN_COLUMNS), ("curves", CURVE_COLUMNS)):
-        if name not in workbook.sheetnames:
-            sheet = workbook.create_sheet(name)
-            sheet.append(columns)
-            for cell in sheet[1]:
-                cell.font = Font(bold=True)
-                width = WIDE_COLUMNS.get(cell.value, max(9, len(cell.value) + 2))
-                sheet.column_dimensions[cell.column_letter].width = width
-            sheet.freeze_panes = "B2"
+    if "runs" not in workbook.sheetnames or workbook["runs"].max_row == 1:  # no runs yet: take the current layout
+        older = _header(workbook["runs"]) if "runs" in workbook.sheetnames else []
+        _new_table(workbook, "runs", RUN_COLUMNS + [name for name in older if name and name not in RUN_COLUMNS])
+    if "curves" not in workbook.sheetnames:
+        _new_table(workbook, "curves", CURVE_COLUMNS, orientation="portrait")  # narrow and long
     if "reference" not in workbook.sheetnames:
         _add_reference_sheet(workbook)
     return workbook
 
 
+def _new_table(workbook, name, columns, orientation="landscape"):
+    """A sheet with a bold, frozen header row and a width for every column, printed with the header on every page."""
+    index = _sheet_position(workbook, name)
+    if name in workbook.sheetnames:
+        workbook.remove(workbook[name])
+    sheet = workbook.create_sheet(name, index)
+    for column, title in enumerate(columns, start=1):
+        _add_header_cell(sheet, column, title)
+    sheet.freeze_panes = "B2"
+    _set_print_layout(sheet, orientation=orientation)
+    sheet.print_title_rows = "1:1"
+    return sheet
+
+
+def _sheet_position(workbook, name):
+    if name in workbook.sheetnames:
+        return workbook.sheetnames.index(name)
+    later = SHEET_ORDER[SHEET_ORDER.index(name) + 1:]
+    return next((i for i, existing in enumerate(workbook.sheetnames) if existing in later), len(workbook.sheetnames))
+
+
+def _add_header_cell(sheet, column, title):
+    sheet.cell(1, column, title).font = HEADER_FONT
+    width = max(len(str(title)) + 3, CONTENT_WIDTHS.get(title, 8))
+    sheet.column_dimensions[get_column_letter(column)].width = width
+
+
+def _set_print_layout(sheet, orientation="landscape"):
+    sheet.page_setup.orientation = orientation
+    sheet.sheet_properties.pageSetUpPr = PageSetupProperties(fitToPage=True)
+    sheet.page_setup.fitToWidth, sheet.page_setup.fitToHeight = 1, 0  # 0: as many pages tall as needed
+
+
 def _add_reference_sheet(workbook):
-    sheet = workbook.create_sheet("reference")
+    sheet = workbook.create_sheet("reference", _sheet_position(workbook, "reference"))
     for values in [REFERENCE_COLUMNS, *PUBLISHED]:
         sheet.append(values)
     curves_at = len(REFERENCE_COLUMNS) + 2  # the seed curves sit to the right of the table, one blank column between
@@ -172,14 +281,22 @@ def _add_reference_sheet(workbook):
         for c, value in enumerate(values):
             sheet.cell(r, curves_at + c, value if r == 1 else (int(value) if c == 0 else float(value)))
     for cell in sheet[1]:
-        cell.font = Font(bold=True)
+        cell.font = HEADER_FONT
+        sheet.column_dimensions[cell.column_letter].width = len(str(cell.value)) + 3
     for letter, width in (("A", 62), ("B", 16), ("C", 10), ("D", 60), ("F", 24)):
         sheet.column_dimensions[letter].width = width
-    sheet.freeze_panes = "A2"
+    sheet.freeze_panes, sheet.print_title_rows = "A2", "1:1"
+    _set_print_layout(sheet)
+    sheet.page_setup.fitToWidth = 2  # the published table, then the seed curves
 
 
 def _header(sheet):
     return [cell.value for cell in sheet[1]]
+
+
+def _records(sheet):
+    header = _header(sheet)
+    return [dict(zip(header, row)) for row in sheet.iter_rows(min_row=2, values_only=True) if any(row)]
 
 
 def _append_by_header(sheet, values):
@@ -188,12 +305,24 @@ def _append_by_header(sheet, values):
     for name in values:
         if name not in header:
             header.append(name)
-            sheet.cell(1, len(header), name).font = Font(bold=True)
+            _add_header_cell(sheet, len(header), name)
     r = sheet.max_row + 1
     for name, value in values.items():
         cell = sheet.cell(r, header.index(name) + 1, value)
         if isinstance(value, str) and value.startswith("="):
             cell.data_type = "s"  # text, not a formula
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and name in COLUMN_FORMATS:
+            cell.number_format = COLUMN_FORMATS[name]
+    _fit_print_width(sheet, len(header))
+
+
+def _fit_print_width(sheet, n_columns):
+    """A wide table prints on pages side by side, its first column on each, rather than shrunk onto one."""
+    total = sum(sheet.column_dimensions[get_column_letter(c)].width or 13 for c in range(1, n_columns + 1))
+    sheet.page_setup.fitToWidth = math.ceil(total / PRINT_WIDTH_PER_PAGE)
+    sheet.print_title_cols = "A:A"
+    # The last column's long text would otherwise spill into empty columns and onto pages of its own.
+    sheet.print_area = f"A1:{get_column_letter(n_columns)}{sheet.max_row}"
 
 
 def _next_run_id(runs):
@@ -203,37 +332,96 @@ def _next_run_id(runs):
     return f"r{max(numbers, default=0) + 1:04d}"
 
 
+def _rebuild_summary(workbook):
+    """Mean ± sample std over the runs (seeds) of each dataset × method × aug × epochs; hardware does not split them."""
+    groups = {}
+    for record in _records(workbook["runs"]):
+        groups.setdefault(tuple(record.get(key) for key in SUMMARY_KEYS), []).append(record)
+    stats = [f"{metric}_{stat}" for metric in SUMMARY_METRICS for stat in ("mean", "std", "n")]
+    sheet = _new_table(workbook, "summary", [*SUMMARY_KEYS, "runs", "seeds", *stats])
+    for key in sorted(groups, key=lambda key: [_sort_key(value) for value in key]):
+        records = groups[key]
+        seeds = sorted({r.get("seed") for r in records if r.get("seed") is not None}, key=_sort_key)
+        row = [*key, len(records), ", ".join(map(str, seeds)) or None]
+        for metric in SUMMARY_METRICS:
+            values = [r.get(metric) for r in records]
+            values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            row += [statistics.fmean(values) if values else None,
+                    statistics.stdev(values) if len(values) > 1 else None, len(values)]
+        _append_by_header(sheet, dict(zip(_header(sheet), row)))
+        sheet.cell(sheet.max_row, len(SUMMARY_KEYS) + 2).alignment = Alignment(horizontal="right")  # seeds, as numbers
+    sheet.print_title_cols = f"A:{get_column_letter(len(SUMMARY_KEYS))}"  # a group's name on every page
+
+
+def _sort_key(value):
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+def _rebuild_args(workbook):
+    """The long JSON texts of every run, wrapped, where they can be read and printed."""
+    runs = workbook["runs"]
+    present = [name for name in JSON_COLUMNS if name in _header(runs)]
+    sheet = _new_table(workbook, "args", ["run_id", *present])
+    for column, name in enumerate(present, start=2):
+        sheet.column_dimensions[get_column_letter(column)].width = ARGS_WIDTHS[name]
+    for record in _records(runs):
+        texts = [record.get(name) for name in present]
+        sheet.append([record.get("run_id"), *texts])
+        for cell in sheet[sheet.max_row]:
+            cell.alignment = Alignment(wrap_text=True, vertical="top")
+        # LibreOffice and Excel keep the default one-line height on open; wrapped lines would overlap the next row.
+        lines = max([1, *(math.ceil(len(str(text or "")) / ARGS_WIDTHS[name]) for name, text in zip(present, texts))])
+        sheet.row_dimensions[sheet.max_row].height = min(409, 15 * lines)  # 409 pt: Excel's tallest row
+
+
 def _rebuild_chart(workbook):
     # A scatter chart with lines: runs of different lengths each keep their own epoch axis.
     chart = ScatterChart(scatterStyle="lineMarker")
     chart.title, chart.x_axis.title, chart.y_axis.title = "kNN top-1 by epoch", "epoch", "kNN top-1 (%)"
     chart.x_axis.delete = chart.y_axis.delete = False  # otherwise recent Excel hides openpyxl's axes
     runs, curves = workbook["runs"], workbook["curves"]
-    run_header, curve_header = _header(runs), _header(curves)
-    label_columns = [run_header.index(name) for name in ("run_id", "dataset", "aug")]
-    labels = {row[label_columns[0]]: " ".join(str(row[i] or "") for i in label_columns)
-              for row in runs.iter_rows(min_row=2, values_only=True)}
+    label_names = [name for name in ("run_id", "method", "dataset", "aug") if name in _header(runs)]
+    labels = {record.get("run_id"): " ".join(str(record.get(name) or "") for name in label_names)
+              for record in _records(runs)}
     blocks = {}  # run_id -> (first row, last row) of its last contiguous block in `curves`
     for r, run_id in enumerate(curves.iter_rows(min_row=2, max_col=1, values_only=True), start=2):
         first = blocks[run_id[0]][0] if run_id[0] in blocks and blocks[run_id[0]][1] == r - 1 else r
         blocks[run_id[0]] = (first, r)
+    curve_header = _header(curves)
     epoch_col, knn_col = curve_header.index("epoch") + 1, curve_header.index("knn_top1") + 1
+    max_epoch = 0
     for run_id, (first, last) in list(blocks.items())[-CHART_MAX_RUNS:]:
-        knn = [curves.cell(r, knn_col).value for r in range(first, last + 1)]
-        if any(isinstance(v, (int, float)) for v in knn):
+        points = [(curves.cell(r, epoch_col).value, curves.cell(r, knn_col).value) for r in range(first, last + 1)]
+        if any(isinstance(knn, (int, float)) for _, knn in points):
             _add_series(chart, curves, epoch_col, knn_col, first, last, labels.get(run_id, str(run_id)))
+            max_epoch = max([max_epoch, *(e for e, _ in points if isinstance(e, (int, float)))])
+    # The seed study's curves are drawn up to the runs' last epoch (all 200 epochs when there are no runs yet), so a
+    # short run is not squeezed into the left edge of a 200-epoch axis.
     reference = workbook["reference"]
     ref_header = _header(reference)
     for column, title in SEED_SERIES:
         if "epoch" in ref_header and column in ref_header:
             x_col, y_col = ref_header.index("epoch") + 1, ref_header.index(column) + 1
-            last = max(r for r in range(1, reference.max_row + 1) if reference.cell(r, y_col).value is not None)
-            _add_series(chart, reference, x_col, y_col, 2, last, title)
-    chart.width, chart.height = 30, 16
-    index = workbook.sheetnames.index("chart") if "chart" in workbook.sheetnames else 2
+            rows = [r for r in range(2, reference.max_row + 1) if isinstance(reference.cell(r, y_col).value, float)
+                    and (not max_epoch or reference.cell(r, x_col).value <= max_epoch)]
+            if rows:
+                _add_series(chart, reference, x_col, y_col, rows[0], rows[-1], title)
+                max_epoch = max(max_epoch, reference.cell(rows[-1], x_col).value)
+    if max_epoch:
+        chart.x_axis.scaling.min, chart.x_axis.scaling.max = 0, max_epoch
+    chart.legend.position, chart.y_axis.number_format = "b", "0"
+    index = _sheet_position(workbook, "chart")
     if "chart" in workbook.sheetnames:
         workbook.remove(workbook["chart"])
-    workbook.create_chartsheet("chart", index).add_chart(chart)
+    # A worksheet holding the chart, not a chartsheet: openpyxl anchors a chartsheet's chart with size 0 x 0, which
+    # LibreOffice draws as nothing, and numbers the print titles and areas of the sheets after a chartsheet wrongly
+    # (its localSheetId counts worksheets only), so they would land on the wrong sheets.
+    sheet = workbook.create_sheet("chart", index)
+    sheet.sheet_view.showGridLines = False
+    chart.width, chart.height = 27, 17  # cm: a landscape page
+    sheet.add_chart(chart, "A1")
+    _set_print_layout(sheet)
+    sheet.page_setup.fitToHeight = 1
 
 
 def _add_series(chart, sheet, x_col, y_col, first, last, title):
@@ -243,8 +431,12 @@ def _add_series(chart, sheet, x_col, y_col, first, last, title):
     chart.series.append(series)
 
 
+def _temp_name(path):
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 def _save_atomically(workbook, path):
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    temp = _temp_name(path)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & umask, like a normal save
     try:
         with os.fdopen(fd, "wb") as file:
@@ -259,8 +451,8 @@ def _save_atomically(workbook, path):
         raise
 
 
-def _save_fallback(path, row, points, error):
-    record = {"workbook": str(path), "error": f"{type(error).__name__}: {error}", "run": row, "curves": points}
+def _save_fallback(path, unsaved, error):
+    record = {"workbook": str(path), "error": f"{type(error).__name__}: {error}", **unsaved}
     name = f"{path.stem}.unsaved-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.json"
     for folder in (path.parent, Path.cwd(), Path(tempfile.gettempdir())):
         try:

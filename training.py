@@ -1,7 +1,10 @@
-"""Runtime shared by both entry points: errors, device/precision/DDP setup, LR schedules, checkpoints, the epoch loop."""
+"""The run path: training.run(method, options) does a whole run (runtime/precision/DDP, data, model, optimizer,
+resume, the epoch loop with its kNN monitor and callback, checkpoints, linear evaluation, the workbook row).
+Every door parses its own options (add_run_options declares the shared ones once) and calls run()."""
+import copy
 import csv
 import json
-import math
+import sys
 import os
 import random
 import subprocess
@@ -15,7 +18,15 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from cli import ArgumentParser, UserError, run_main, str2bool  # noqa: F401  (re-exported until the doors move)
+import evaluation
+import results
+from augmentations import PRESETS, build_transform
+from cli import UserError
+from datasets import DATASETS, check_crop_size, dataset_info, load_splits
+from loading import TransformDataset, default_workers, make_eval_loader, make_train_loader
+from methods import get_method
+from models import ARCHS
+from optim import amp_step, build_optimizer, demo_lr, lr_at, set_lr
 
 
 class NonFiniteLoss(UserError):
@@ -133,24 +144,91 @@ def git_commit():
         return None
 
 
-# ---------------------------------------------------------------- learning-rate schedules
+# ---------------------------------------------------------------- the options every method shares
 
-def lr_at(t, base_lr, epochs, schedule="cos", milestones=(), warmup_epochs=0):
-    """Learning rate at (fractional) epoch t: linear warm-up, then cosine to 0 or ×0.1 at each milestone."""
-    if t < warmup_epochs:
-        return base_lr * t / warmup_epochs
-    if schedule == "cos":
-        progress = (t - warmup_epochs) / max(epochs - warmup_epochs, 1e-8)
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return base_lr * 0.1 ** sum(t >= m for m in milestones)
+def add_run_options(parser, method):
+    """Declare the options every method shares (kebab-case, the MoCo demo's names) and `method`'s own, with the
+    defaults of its published recipe."""
+    p = parser
+    p.add_argument("-a", "--arch", default="resnet18", choices=ARCHS)
+    p.add_argument("--dataset", default="cifar10", help=f"one of: {', '.join(DATASETS)}")
+    p.add_argument("--data-dir", default="data", help="torchvision root (or ImageFolder root) of the dataset")
+    p.add_argument("--download", action="store_true", default=True, help="download torchvision datasets if absent")
+    p.add_argument("--no-download", dest="download", action="store_false")
+    p.add_argument("--subset", type=int, default=None, help="keep N training images (seeded)")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=512, help="total over all processes, as in facebookresearch/moco")
+    p.add_argument("--lr", type=float, default=None, help="base learning rate (default: the method's recipe)")
+    p.add_argument("--wd", type=float, default=None, help="weight decay (default: the method's recipe)")
+    p.add_argument("--aug", default="ours", help=f"augmentation preset ({', '.join(PRESETS)}) or ablation spec, "
+                                                 "e.g. ours-clahe, original+solarize")
+    p.add_argument("--crops", type=int, default=2, help="views per image: 2, or 3 for triple crop")
+    p.add_argument("--crop-size", type=int, default=None, help="training crop size (downcrop); default: native size")
+    p.add_argument("--stem", choices=["auto", "cifar", "imagenet"], default="auto")
+    p.add_argument("--bn-splits", type=int, default=1, help="SplitBatchNorm on one device (ignored under DDP)")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes under DDP")
+    p.add_argument("--knn-k", type=int, default=200)
+    p.add_argument("--knn-t", type=float, default=0.1)
+    p.add_argument("--knn-every", type=int, default=1, help="kNN monitor every N epochs (0 = only at the end)")
+    p.add_argument("--linear-epochs", type=int, default=100, help="linear evaluation epochs after pretraining (0 = off)")
+    p.add_argument("--linear-protocol", choices=["probe", "lincls", "finetune"], default="probe",
+                   help="probe: cached features, Adam; lincls: main_lincls (augmented images, SGD lr 30, wd 0); "
+                        "finetune: augmented images, Adam 1e-3 cosine (simclr_main's output head)")
+    p.add_argument("--linear-aug", dest="linear_protocol", action="store_const", const="lincls",
+                   help="same as --linear-protocol lincls")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="loader workers per process (default: usable cores / processes on this node, at most 16)")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    p.add_argument("--channels-last", action="store_true", default=True, help="channels_last on CUDA")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (the first step compiles)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", default=None, help="checkpoint_last.pth of the run to continue (its options are kept)")
+    p.add_argument("--results-dir", default=None, help="run directory (default runs/<time>-<method>-<dataset>-<aug>)")
+    p.add_argument("--results", default=str(results.default_path()), help="workbook every run appends to")
+    method.add_options(p)
+    p.set_defaults(**method.recipe)
+    return p
 
 
-def set_lr(optimizer, lr):
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+def default_options(method, **overrides):
+    """The full options of `method` with its recipe's defaults, as a door without arguments would parse them."""
+    import argparse  # only to build the throw-away parser
+    options = add_run_options(argparse.ArgumentParser(add_help=False), method).parse_args([])
+    for name, value in overrides.items():
+        if not hasattr(options, name):
+            raise ValueError(f"{method.name} has no option {name!r}")
+        setattr(options, name, value)
+    return options
 
 
-# ---------------------------------------------------------------- run directory, checkpoints
+def check_options(method, opts):
+    """One clear line for every impossible value, before anything is built or read."""
+    for name in ("epochs", "batch_size", "knn_k"):
+        if getattr(opts, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(opts, name)}")
+    for name in ("lr", "knn_t"):
+        if getattr(opts, name) is not None and getattr(opts, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(opts, name)}")
+    for name in ("wd", "linear_epochs", "workers", "knn_every"):
+        if getattr(opts, name) is not None and getattr(opts, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(opts, name)}")
+    if opts.subset is not None and opts.subset <= 0:
+        raise UserError(f"--subset must be > 0, got {opts.subset}")
+    if opts.bn_splits < 1:
+        raise UserError(f"--bn-splits must be >= 1 (1 = plain BatchNorm), got {opts.bn_splits}")
+    if method.views is None and opts.crops < 2:
+        raise UserError(f"--crops must be 2 or more ({method.name} needs a query and a key view), got {opts.crops}")
+    method.check_options(opts)
+
+
+# ---------------------------------------------------------------- run directory, checkpoints, resume
+
+CHECKPOINT_FORMAT = 2
+# What a resume may change: where and how it runs. --epochs may only grow. Anything else would be another run.
+RESUME_MAY_CHANGE = {"workers", "results", "results_dir", "precision", "channels_last", "compile", "data_dir",
+                     "download", "resume"}
+
 
 def make_run_dir(results_dir, default_name, resuming):
     run_dir = Path(results_dir) if results_dir else Path("runs") / default_name
@@ -173,8 +251,7 @@ def save_checkpoint(path, state):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, signature):
-    """Load a checkpoint written by save_checkpoint and check it was made for the same model/data (`signature`)."""
+def load_checkpoint(path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -182,69 +259,64 @@ def load_checkpoint(path, signature):
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises many types for a damaged file
         raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}): is it corrupt?") from None
-    if not isinstance(state, dict) or "signature" not in state:
+    if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path} is not a checkpoint written by this repo")
-    diffs = [f"{k}={state['signature'].get(k)!r} (now {v!r})" for k, v in signature.items()
-             if state["signature"].get(k) != v]
-    if diffs:
-        raise UserError(f"checkpoint {path} does not match this run: " + ", ".join(diffs))
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"checkpoint {path} was written by an earlier version of this repo and cannot be resumed; "
+                        "start a new run")
     return state
 
 
-def training_state(rt, model, optimizer, epochs_done, log, signature, run_dir, args):
-    """Everything --resume needs to continue exactly: weights (and MoCo's queue), optimizer, loss scaler, RNGs."""
-    return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=rt.scaler.state_dict(),
-                rng=rng_state(), epoch=epochs_done, history=log.history, signature=signature, run_dir=str(run_dir),
-                args=vars(args))
+def resumed_options(method, options, given, state, path):
+    """The options of the checkpoint's run, with what this start may change taken from `options`.
+
+    given: names set explicitly on this command line (None: every option counts as given)."""
+    saved = state["options"]
+    if state["method"] != method.name:
+        raise UserError(f"checkpoint {path} is a {state['method']} run, not {method.name}")
+    merged = copy.copy(options)
+    for name, saved_value in saved.items():
+        if not hasattr(options, name):
+            continue
+        value = getattr(options, name)
+        if (given is not None and name not in given) or value == saved_value:
+            setattr(merged, name, saved_value)
+        elif not (name in RESUME_MAY_CHANGE or (name == "epochs" and value > saved_value)):
+            flag = "--" + name.replace("_", "-")
+            allowed = " (a resume may only raise it)" if name == "epochs" else ""
+            raise UserError(f"{flag} {value} differs from the run's {saved_value}{allowed}; a resumed run keeps the "
+                            f"options it was started with (see {Path(state['run_dir']) / 'args.json'})")
+    merged.resume = options.resume
+    return merged
 
 
-def resume(rt, path, signature, model, optimizer):
-    """Restore a training_state; returns (epochs done, history, run dir)."""
-    state = load_checkpoint(path, signature)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    rt.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    return state["epoch"], state["history"], state["run_dir"]
-
-
-def start_run(rt, args, model, optimizer, signature, run_name):
-    """Resume from args.resume when given, create the run directory (with args.json), wrap the model in DDP under
-    torchrun and torch.compile it with args.compile. Returns (first epoch, EpochLog, run dir, the model the training
-    step calls)."""
-    start_epoch, history = 0, []
-    if args.resume:
-        start_epoch, history, previous_dir = resume(rt, args.resume, signature, model, optimizer)
-        args.results_dir = args.results_dir or previous_dir
-    run_dir = make_run_dir(args.results_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{run_name}", resuming=bool(args.resume))
-    if rt.is_main:
-        write_json(run_dir / "args.json", vars(args))
-    if rt.distributed:
-        device_ids = [rt.device] if rt.device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    if args.compile:
-        model = torch.compile(model)
-    return start_epoch, EpochLog(run_dir, history, enabled=rt.is_main), run_dir, model
+def record_start(run_dir, options):
+    """args.json: every start of the run (the first and each resume), with its command line and options."""
+    path = Path(run_dir) / "args.json"
+    try:
+        starts = json.loads(path.read_text())["starts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        starts = []
+    starts.append(dict(time=time.strftime("%Y-%m-%d %H:%M:%S"), argv=sys.argv, options=vars(options)))
+    path.write_text(json.dumps({"starts": starts}, indent=2, default=str))
 
 
 # ---------------------------------------------------------------- the epoch loop
 
-def train_epoch(rt, model, loader, optimizer, loss_fn, lr_fn, epoch, epochs):
-    """One pass over `loader`. loss_fn(images, labels) -> scalar loss. Returns (mean loss, images, seconds)."""
+def train_epoch(rt, model, method, loader, optimizer, lr_fn, epoch, epochs):
+    """One pass over `loader` calling model(views, labels) -> loss. Returns (mean loss, images, seconds, last lr)."""
     model.train()
     start, total, n_images = time.perf_counter(), torch.zeros((), device=rt.device), 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not rt.is_main, dynamic_ncols=True)
-    previous = None
+    previous, lr = None, None
     for step, (images, labels) in enumerate(bar):
         lr = lr_fn(epoch + step / len(loader))
         set_lr(optimizer, lr)
+        method.before_step(epoch, step, len(loader), epochs)
         images, labels = rt.to_device(images), labels.to(rt.device, non_blocking=True)
         with rt.autocast():
-            loss = loss_fn(images, labels)
-        optimizer.zero_grad(set_to_none=True)
-        rt.scaler.scale(loss).backward()
-        rt.scaler.step(optimizer)
-        rt.scaler.update()
+            loss = model(images, labels)
+        amp_step(rt, optimizer, loss)
         # Read the previous step's loss: the GPU has finished it, so the check costs no pipeline stall.
         if previous is not None:
             check_finite(previous, epoch, step - 1)
@@ -259,7 +331,7 @@ def train_epoch(rt, model, loader, optimizer, loss_fn, lr_fn, epoch, epochs):
     if rt.distributed:
         dist.all_reduce(total)
         total /= rt.world_size
-    return total.item() / len(loader), n_images * rt.world_size, time.perf_counter() - start
+    return total.item() / len(loader), n_images * rt.world_size, time.perf_counter() - start, lr
 
 
 def check_finite(loss, epoch, step):
@@ -269,7 +341,8 @@ def check_finite(loss, epoch, step):
 
 
 class EpochLog:
-    """Per-epoch history: printed as one line, appended to log.csv, kept in the checkpoint for the workbook."""
+    """Per-epoch history: printed as one line, appended to log.csv, kept in the checkpoint for the workbook.
+    lr is the learning rate of the epoch's last step."""
 
     FIELDS = ["epoch", "loss", "knn_top1", "lr", "epoch_s", "images_per_s"]
 
@@ -294,48 +367,199 @@ class EpochLog:
     def best_knn(self):
         return max((r["knn_top1"] for r in self.history if r["knn_top1"] is not None), default=None)
 
+    @property
+    def final_knn(self):
+        return next((r["knn_top1"] for r in reversed(self.history) if r["knn_top1"] is not None), None)
 
-def write_json(path, obj):
-    Path(path).write_text(json.dumps(obj, indent=2, default=str))
+
+def monitor_due(epoch, epochs, every):
+    """After 0-based `epoch`: every `every` epochs and at the end; --knn-every 0 means at the end only."""
+    last = epoch + 1 == epochs
+    return last or (every > 0 and (epoch + 1) % every == 0)
 
 
-def fit(rt, model, optimizer, loader, loss_fn, lr_fn, epochs, start_epoch, log, monitor, monitor_every,
-        checkpoint_state, run_dir):
-    """The training loop both scripts share: train, monitor, log, checkpoint (last + best) every epoch.
+# ---------------------------------------------------------------- linear evaluation
 
-    model: the (possibly DDP-wrapped) module loss_fn runs; monitor() -> kNN top-1 (or None);
-    checkpoint_state(epochs_done) -> the dict to save.
-    """
-    for epoch in range(start_epoch, epochs):
-        loader.sampler.set_epoch(epoch)
-        loss, n_images, seconds = train_epoch(rt, model, loader, optimizer, loss_fn, lr_fn, epoch, epochs)
-        last = epoch + 1 == epochs
-        knn = monitor() if monitor_every and ((epoch + 1) % monitor_every == 0 or last) else None
+def linear_evaluation(rt, opts, backbone, splits, num_classes, crop_size, batch, memory_loader, test_loader):
+    """Frozen-backbone linear evaluation -> (top1, top5): `probe` on cached features of the memory split (the kNN
+    monitor's batches), `lincls` as facebookresearch/moco's main_lincls, `finetune` as simclr_main's output head."""
+    if opts.linear_protocol == "probe":
+        return evaluation.linear_probe(rt, backbone, memory_loader, test_loader, num_classes,
+                                       epochs=opts.linear_epochs, seed=opts.seed)
+    epochs = opts.linear_epochs
+    loader = make_train_loader(rt, TransformDataset(splits.memory, build_transform("supervised", crop_size)), batch,
+                               opts.workers, opts.seed + 1)
+    head = torch.nn.Linear(backbone.feat_dim, num_classes).to(rt.device)
+    if opts.linear_protocol == "lincls":  # SGD lr 30 momentum 0.9 wd 0, lr x0.1 at 60% and 80% of the epochs
+        torch.nn.init.normal_(head.weight, std=0.01)
+        torch.nn.init.zeros_(head.bias)
+        optimizer = torch.optim.SGD(head.parameters(), lr=30.0, momentum=0.9, weight_decay=0.0)
+        lr_fn = lambda t: lr_at(int(t), 30.0, epochs, "step", (0.6 * epochs, 0.8 * epochs))  # noqa: E731
+    else:
+        optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
+        lr_fn = lambda t: lr_at(t, 1e-3, epochs)  # noqa: E731
+    trained = torch.nn.parallel.DistributedDataParallel(head) if rt.distributed else head
+    evaluation.train_linear_head(rt, backbone, trained, loader, epochs, optimizer, lr_fn, desc=opts.linear_protocol)
+    return evaluation.classification_accuracy(rt, torch.nn.Sequential(backbone, head), test_loader)
+
+
+# ---------------------------------------------------------------- the run
+
+def run(method, options, on_epoch=None, given=None, quiet=False):
+    """One whole run of `method` (a class of methods.py, or its name) with `options` (as add_run_options parses them).
+
+    on_epoch(epoch, metrics) is called after every epoch (1-based epoch; metrics: loss, knn_top1, lr, epoch_s,
+    images_per_s); a true return value stops the run there (it is still evaluated and recorded), and an exception
+    it raises (e.g. optuna.TrialPruned) ends the run without a workbook row. given: the options set explicitly on
+    the command line, for --resume (None: all). Returns the run's record: the workbook row, with its run_id."""
+    method = get_method(method) if isinstance(method, str) else method
+    started = time.time()
+    opts, state = copy.copy(options), None
+    if opts.resume:
+        state = load_checkpoint(opts.resume)
+        opts = resumed_options(method, opts, given, state, opts.resume)
+    check_options(method, opts)
+    optimizer_name, lr, wd, warmup = method.optimizer_recipe(opts)
+    info = dataset_info(opts.dataset)
+    crop_size = check_crop_size(info, opts.crop_size or info.image_size)
+    train_transform, eval_transform = build_transform(opts.aug, crop_size), build_transform("eval", crop_size)
+    rt = setup_runtime(opts.precision, opts.seed, opts.channels_last, normalize=(info.mean, info.std))
+    if rt.is_main:
+        results.check_writable(opts.results)
+    if opts.batch_size % rt.world_size:
+        raise UserError(f"--batch-size {opts.batch_size} is not divisible by the {rt.world_size} processes")
+    batch = opts.batch_size // rt.world_size
+    bn_splits = opts.bn_splits if not rt.distributed else 1
+    if rt.distributed and opts.bn_splits > 1 and rt.is_main:
+        print(f"note: --bn-splits {opts.bn_splits} simulates multi-GPU BN on one device; under DDP each process's "
+              "BatchNorm already sees its own sub-batch, so it is ignored")
+    if batch % bn_splits:
+        raise UserError(f"the batch of {batch} per process does not split into --bn-splits {bn_splits} equal parts")
+
+    splits = load_splits(opts.dataset, opts.data_dir, download=opts.download, subset=opts.subset, seed=opts.seed)
+    info = splits.info
+    pretrain = splits.memory if method.needs_labels else splits.pretrain  # STL-10: train+unlabeled vs train
+    if opts.batch_size > len(pretrain):
+        raise UserError(f"--batch-size {opts.batch_size} is larger than the {len(pretrain)} training images")
+    views = method.views or opts.crops
+    train_loader = make_train_loader(rt, TransformDataset(pretrain, train_transform, n_views=views), batch,
+                                     opts.workers, opts.seed)
+    memory_loader = make_eval_loader(rt, TransformDataset(splits.memory, eval_transform), batch, opts.workers)
+    test_loader = make_eval_loader(rt, TransformDataset(splits.test, eval_transform), batch, opts.workers)
+
+    cifar_stem = {"auto": not info.imagenet_stem, "cifar": True, "imagenet": False}[opts.stem]
+    model = method(opts, info.num_classes, cifar_stem, bn_splits).to(rt.device)
+    if rt.distributed and opts.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(optimizer_name, model.trainable_parameters(), lr, wd,
+                                foreach=rt.device.type == "cuda" or None)
+    if method.lr_per_epoch:
+        lr_fn = lambda t: demo_lr(int(t), lr, opts.epochs, opts.cos, opts.schedule)  # noqa: E731
+    else:
+        lr_fn = lambda t: lr_at(t, lr, opts.epochs, "cos", warmup_epochs=warmup)  # noqa: E731
+
+    start_epoch, history = 0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rt.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_epoch, history = state["epoch"], state["history"]
+        opts.results_dir = opts.results_dir or state["run_dir"]
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{method.name}-{opts.dataset}-{Path(opts.aug).stem}"
+    run_dir = make_run_dir(opts.results_dir, name, resuming=state is not None)
+    log = EpochLog(run_dir, history, enabled=rt.is_main)
+    if rt.is_main:
+        record_start(run_dir, opts)
+    train_model = model
+    if rt.distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+    if opts.compile:
+        train_model = torch.compile(train_model)
+    if rt.is_main and not quiet:
+        print(f"{method.name} {opts.arch} on {opts.dataset} ({len(pretrain)} images, {crop_size}px, aug {opts.aug}, "
+              f"{views} views) | {optimizer_name} lr {lr:.4g} | {rt.device} {rt.precision} x{rt.world_size} | "
+              f"run dir {run_dir}")
+
+    def checkpoint(epochs_done):
+        return dict(format=CHECKPOINT_FORMAT, method=method.name, options=vars(opts), model=model.state_dict(),
+                    optimizer=optimizer.state_dict(), scaler=rt.scaler.state_dict(), rng=rng_state(),
+                    epoch=epochs_done, history=log.history, run_dir=str(run_dir))
+
+    for epoch in range(start_epoch, opts.epochs):
+        train_loader.sampler.set_epoch(epoch)
+        loss, n_images, seconds, last_lr = train_epoch(rt, train_model, model, train_loader, optimizer, lr_fn, epoch,
+                                                       opts.epochs)
+        knn = None
+        if monitor_due(epoch, opts.epochs, opts.knn_every):
+            knn = evaluation.knn_top1(rt, model.monitor_encoder, memory_loader, test_loader, info.num_classes,
+                                      opts.knn_k, opts.knn_t)
         best_before = log.best_knn
-        log.add(epoch=epoch + 1, loss=loss, knn_top1=knn, lr=optimizer.param_groups[0]["lr"], epoch_s=seconds,
-                images_per_s=n_images / seconds)
+        metrics = dict(epoch=epoch + 1, loss=loss, knn_top1=knn, lr=last_lr, epoch_s=seconds,
+                       images_per_s=n_images / seconds)
+        log.add(**metrics)
         if rt.is_main:
-            state = checkpoint_state(epoch + 1)
-            save_checkpoint(run_dir / "checkpoint_last.pth", state)
+            save_checkpoint(run_dir / "checkpoint_last.pth", checkpoint(epoch + 1))
             if knn is not None and (best_before is None or knn > best_before):
-                save_checkpoint(run_dir / "checkpoint_best.pth", state)
+                save_checkpoint(run_dir / "checkpoint_best.pth", checkpoint(epoch + 1))
+        if on_epoch is not None and on_epoch(epoch + 1, metrics):
+            if knn is None:  # a run stopped early still ends with a monitor reading
+                metrics["knn_top1"] = evaluation.knn_top1(rt, model.monitor_encoder, memory_loader, test_loader,
+                                                          info.num_classes, opts.knn_k, opts.knn_t)
+                log.history[-1]["knn_top1"] = metrics["knn_top1"]
+            break
+
+    linear = (None, None)
+    if opts.linear_epochs:
+        linear = linear_evaluation(rt, opts, model.backbone, splits, info.num_classes, crop_size, batch,
+                                   memory_loader, test_loader)
+        if rt.is_main and not quiet:
+            top5 = f", top-5 {linear[1]:.2f}%" if linear[1] is not None and info.num_classes > 10 else ""
+            print(f"linear evaluation ({opts.linear_protocol}) top-1 {linear[0]:.2f}%{top5}")
+    supervised = (None, None)
+    if hasattr(model, "predictor"):
+        supervised = evaluation.classification_accuracy(rt, model.predictor, test_loader)
+        if rt.is_main and not quiet:
+            print(f"test top-1 {supervised[0]:.2f}% (supervised baseline)")
+    record = run_row(
+        script=Path(sys.argv[0]).name, method=method.name, options=opts, dataset_info=info, crop_size=crop_size,
+        views=views, optimizer=optimizer_name, lr=lr, precision=rt.precision, world_size=rt.world_size,
+        history=log.history, linear=linear, supervised=supervised, started=started,
+        peak_gpu_mem_gb=peak_gpu_memory_gb(rt), hardware=hardware_name(rt), run_dir=run_dir, git_commit=git_commit(),
+        data=f"{opts.dataset}: {len(pretrain)} train / {len(splits.test)} test images", **model.record_fields())
+    if rt.is_main:
+        record["run_id"] = results.append_run(opts.results, record, curve_rows(log.history))
+        if not quiet:
+            print(f"kNN top-1 final {record['knn_top1_final']}, best {record['knn_top1_best']} | "
+                  f"results: {opts.results} (run {record['run_id']}) | run dir: {run_dir}")
+    return record
 
 
-def run_record(rt, args, log, run_dir, started, **fields):
-    """The workbook `runs` row fields every script shares; script-specific fields come in **fields."""
-    trained = log.history
-    knn_final = next((r["knn_top1"] for r in reversed(trained) if r["knn_top1"] is not None), None)
-    return dict(precision=rt.precision, world_size=rt.world_size, knn_top1_final=rounded(knn_final),
-                knn_top1_best=rounded(log.best_knn), wall_time_s=round(time.time() - started, 1),
-                images_per_s=round(sum(r["images_per_s"] for r in trained) / len(trained), 1) if trained else None,
-                peak_gpu_mem_gb=peak_gpu_memory_gb(rt), hardware=hardware_name(rt), run_dir=str(run_dir),
-                git_commit=git_commit(), args=json.dumps(vars(args), default=str), **fields)
+def run_row(*, script, method, options, dataset_info, crop_size, views, optimizer, lr, precision, world_size, history,
+            linear, supervised, started, peak_gpu_mem_gb, hardware, run_dir, git_commit, data, policy=None,
+            **method_fields):
+    """The `runs` row of a finished run (keys from RUN_COLUMNS); method_fields: the method's own columns."""
+    few_classes = dataset_info.num_classes <= 10  # top-5 of 10 classes says little
+    knn = [r["knn_top1"] for r in history if r["knn_top1"] is not None]
+    return dict(
+        script=script, method=method, dataset=options.dataset, arch=options.arch, aug=options.aug, crops=views,
+        crop_size=crop_size, epochs=history[-1]["epoch"] if history else 0, batch_size=options.batch_size,
+        lr=lr, optimizer=optimizer, precision=precision, world_size=world_size, seed=options.seed,
+        knn_top1_final=_rounded(knn[-1] if knn else None), knn_top1_best=_rounded(max(knn, default=None)),
+        linear_top1=_rounded(linear[0]), linear_top5=None if few_classes else _rounded(linear[1]),
+        supervised_top1=_rounded(supervised[0]), wall_time_s=round(time.time() - started, 1),
+        images_per_s=round(sum(r["images_per_s"] for r in history) / len(history), 1) if history else None,
+        peak_gpu_mem_gb=peak_gpu_mem_gb, hardware=hardware, data=data, run_dir=str(run_dir), git_commit=git_commit,
+        policy=policy, args=json.dumps(vars(options), default=str), **method_fields)
 
 
-def curve_rows(log):
-    return [dict(epoch=r["epoch"], loss=r["loss"], knn_top1=rounded(r["knn_top1"]), lr=r["lr"],
-                 epoch_s=round(r["epoch_s"], 2)) for r in log.history]
+def curve_rows(history):
+    """The `curves` rows of a run's per-epoch history."""
+    return [dict(epoch=r["epoch"], loss=r["loss"], knn_top1=_rounded(r["knn_top1"]), lr=r["lr"],
+                 epoch_s=round(r["epoch_s"], 2)) for r in history]
 
 
-def rounded(accuracy):
+def _rounded(accuracy):
     return None if accuracy is None else round(accuracy, 2)

@@ -4,3 +4,122 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pickle  # noqa: E402
+
+import numpy as np  # noqa: E402
+import openpyxl  # noqa: E402
+import pytest  # noqa: E402
+import torchvision  # noqa: E402
+
+from cli import run_main  # noqa: E402
+
+
+def sheet_rows(path, sheet="runs"):
+    """The rows of a workbook sheet as dicts by header."""
+    ws = openpyxl.load_workbook(path)[sheet]
+    header = [c.value for c in ws[1]]
+    return [dict(zip(header, [c.value for c in row])) for row in ws.iter_rows(min_row=2)]
+
+
+def error_of(argv, capsys, main):
+    """Run a door as `python <door>.py` would; assert it ends in exit code 2 with one `error:` line and no traceback,
+    and return that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error: " in line]  # progress bars may precede it
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0][errors[0].index("error: "):]
+
+
+def method_options(method, **overrides):
+    """A method's full options (its recipe's defaults) with overrides, for building it directly in a test."""
+    import training
+    return training.default_options(method, **overrides)
+
+
+def small_moco(**overrides):
+    """A MoCo small enough for unit tests (ResNet-18, 16-d keys, a queue of 32), seeded."""
+    import torch
+    from methods import MoCo
+    torch.manual_seed(0)
+    options = method_options(MoCo, **{"moco_dim": 16, "moco_k": 32, "moco_m": 0.9, "bn_splits": 2, **overrides})
+    return MoCo(options, 10, True, options.bn_splits)
+
+
+# --- CIFAR files in the real format (the datasets tests and the doors' end-to-end runs) ----------------------
+
+RNG = np.random.default_rng(1234)
+
+
+def random_images(n, size):
+    return RNG.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def trust_checksums(monkeypatch):
+    """Our fake archives have other md5s than the real ones: accept any file that exists (tests only)."""
+    exists = lambda fpath, md5=None: os.path.isfile(fpath)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", exists)
+    monkeypatch.setattr(torchvision.datasets.stl10, "check_integrity", exists)
+
+
+# --- CIFAR: Python-2 pickles like the real archives (keys are py2 str: bytes under encoding="bytes") ---------
+
+
+class Py2Str(bytes):
+    pass
+
+
+class Py2Pickler(pickle._Pickler):
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj):
+        self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + bytes(obj))
+
+    dispatch[Py2Str] = save_py2_str
+
+
+def write_py2_pickle(path, entry):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        Py2Pickler(f, protocol=2).dump({Py2Str(key): value for key, value in entry.items()})
+
+
+def cifar_batch(images, labels, label_key, batch_label):
+    return {
+        b"batch_label": Py2Str(batch_label),
+        label_key: [int(x) for x in labels],
+        b"data": images.transpose(0, 3, 1, 2).reshape(len(images), 3072),  # row-major CHW
+        b"filenames": [Py2Str(b"img_%d.png" % i) for i in range(len(images))],
+    }
+
+
+def write_cifar10(root, per_batch=2, n_test=3):
+    folder = root / "cifar-10-batches-py"
+    train_images, train_labels = random_images(5 * per_batch, 32), RNG.integers(0, 10, 5 * per_batch)
+    for b in range(5):
+        part = slice(b * per_batch, (b + 1) * per_batch)
+        batch = cifar_batch(train_images[part], train_labels[part], b"labels", b"training batch %d of 5" % (b + 1))
+        write_py2_pickle(folder / f"data_batch_{b + 1}", batch)
+    test_images, test_labels = random_images(n_test, 32), RNG.integers(0, 10, n_test)
+    write_py2_pickle(folder / "test_batch", cifar_batch(test_images, test_labels, b"labels", b"testing batch 1 of 1"))
+    names = [Py2Str(b"class%d" % i) for i in range(10)]
+    write_py2_pickle(folder / "batches.meta", {b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072})
+    return train_images, train_labels, test_images, test_labels
+
+
+def write_cifar100(root, n_train=6, n_test=3):
+    folder = root / "cifar-100-python"
+    train_images, train_labels = random_images(n_train, 32), RNG.integers(0, 100, n_train)
+    test_images, test_labels = random_images(n_test, 32), RNG.integers(0, 100, n_test)
+    for name, images, labels in [("train", train_images, train_labels), ("test", test_images, test_labels)]:
+        batch = cifar_batch(images, labels, b"fine_labels", name.encode())
+        batch[b"coarse_labels"] = [int(x) // 5 for x in labels]
+        write_py2_pickle(folder / name, batch)
+    write_py2_pickle(folder / "meta", {b"fine_label_names": [Py2Str(b"f%d" % i) for i in range(100)],
+                                       b"coarse_label_names": [Py2Str(b"c%d" % i) for i in range(20)]})
+    return train_images, train_labels, test_images, test_labels

@@ -1,7 +1,8 @@
 import copy
 import os
 import pickle
-import subprocess
+import random
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from albumentations.pytorch import ToTensorV2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import augmentations as aug
-from training import Runtime, UserError
+from cli import UserError
+from training import Runtime
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 MOCO_JITTER = dict(brightness=(0.6, 1.4), contrast=(0.6, 1.4), saturation=(0.6, 1.4), hue=(-0.1, 0.1))
@@ -198,17 +200,23 @@ def test_ablation_specs():
     blur = dict(aug.build_ops("original+blur", 96))["blur"]
     check(blur, A.GaussianBlur, 0.5, blur_limit=(9, 9), sigma_limit=(0.1, 2.0))
     assert aug.op_names("ours+blur")[4] == "blur"
-    assert aug.op_names("original-crop") == ["resize", "center_crop", "jitter", "flip", "gray"]
+    assert aug.op_names("original-crop") == ["resize", "jitter", "flip", "gray"]
+    assert [name for name, _ in aug.build_ops("original-crop", 32)][:2] == ["resize", "center_crop"]
     assert aug.op_names("eval+crop") == ["crop"]
+    assert aug.op_names("eval+solarize") == ["resize", "solarize"]  # after the op that sets the size
+    assert aug.op_names("supervised") == ["pad_crop", "flip"]
+    assert aug.op_names("supervised-pad_crop+crop") == ["crop", "flip"]
 
 
 @pytest.mark.parametrize("spec, message", [
     ("imagenet", "original, ours, simclr, supervised, eval"),
-    ("ours-sharpen", "crop, jitter, flip, gray, blur, solarize, clahe, brightness_contrast"),
+    ("ours-sharpen", "crop, pad_crop, resize, jitter, flip, gray, blur, solarize, clahe, brightness_contrast"),
     ("original-solarize", "not there"),
     ("ours+clahe", "already there"),
     ("ours+", "original, ours"),
-    ("eval-resize", "brightness_contrast"),
+    ("eval-resize", "sets the output size"),
+    ("supervised+crop", "remove it first"),
+    ("ours+resize", "unknown op 'resize'"),
 ])
 def test_bad_specs(spec, message):
     with pytest.raises(UserError, match=message):
@@ -235,29 +243,250 @@ def test_solarize_inverts_pixels_from_128():
     assert np.array_equal(solarize(image=values)["image"], np.where(values >= 128, 255 - values, values))
 
 
-def test_preview_cli(tmp_path):
-    source = np.zeros((40, 30, 3), np.uint8)
-    source[..., 0] = np.linspace(0, 255, 30, dtype=np.uint8)
-    cv2.circle(source, (15, 20), 8, (0, 200, 255), -1)
-    cv2.imwrite(str(tmp_path / "in.png"), source)
-    out = tmp_path / "grid.png"
-    aug.main(["--image", str(tmp_path / "in.png"), "--preset", "original", "ours-clahe", "simclr",
-              "--n", "3", "--tile", "64", "--out", str(out)])
-    grid = cv2.imread(str(out))
-    assert grid is not None and grid.shape == (3 * 64, aug.LABEL_WIDTH + (1 + 3) * 64, 3)
-    with pytest.raises(UserError, match="cannot read"):
-        aug.main(["--image", str(tmp_path / "missing.png"), "--out", str(out)])
-    (tmp_path / "text.png").write_text("not an image")
-    with pytest.raises(UserError, match="cannot read image .*not an image"):
-        aug.main(["--image", str(tmp_path / "text.png"), "--out", str(out)])
-    with pytest.raises(UserError, match="unknown augmentation"):
-        aug.main(["--image", str(tmp_path / "in.png"), "--preset", "nope", "--out", str(out)])
+def seed_pipeline(preset, size):
+    """The presets as they were written before policies existed, op for op: the policies must keep building these."""
+    crop = A.RandomResizedCrop(size=(size, size), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), area_for_downscale="image")
+    flip = A.HorizontalFlip(p=0.5)
+    gray = A.ToGray(num_output_channels=3, method="weighted_average", p=0.2)
+    moco = [crop, A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8), flip, gray]
+    s = 0.5 if size <= 32 else 1.0
+    simclr = [crop, flip, A.ColorJitter(brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s, p=0.8),
+              gray]
+    kernel = max(3, int(0.1 * size) + 1 - int(0.1 * size) % 2)
+    return {
+        "original": moco,
+        "ours": moco + [A.Solarize(threshold_range=(0.5, 0.5), p=0.2),
+                        A.CLAHE(clip_limit=4.0, tile_grid_size=(8, 8), p=0.2),
+                        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.2)],
+        "simclr": simclr + ([A.GaussianBlur(blur_limit=(kernel, kernel), sigma_limit=(0.1, 2.0), p=0.5)]
+                            if size > 32 else []),
+        "supervised": [aug.SupervisedCrop(size), flip],
+        "eval": [A.SmallestMaxSize(max_size=size, area_for_downscale="image"), A.CenterCrop(size, size)],
+    }[preset]
 
 
-def test_cli_user_error_exits_2(tmp_path):
-    script = Path(aug.__file__)
-    result = subprocess.run([sys.executable, str(script), "--image", str(tmp_path / "missing.png"),
-                             "--out", str(tmp_path / "v.png")], capture_output=True, text=True,
-                            env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: cannot read image {tmp_path / 'missing.png'}: no such file"]
+def same_views(first, second, images, seed=3):
+    first.set_random_seed(seed), second.set_random_seed(seed)
+    return all(torch.equal(first(image=image)["image"], second(image=image)["image"]) for image in images)
+
+
+@pytest.mark.parametrize("preset", ["original", "ours", "simclr", "supervised", "eval"])
+@pytest.mark.parametrize("size", [32, 96])
+def test_preset_policies_build_the_seed_pipelines(preset, size):
+    reference = aug.Pipeline(seed_pipeline(preset, size) + [ToTensorV2()])
+    built = aug.build_transform(aug.resolve_policy(preset, size), size)
+    assert [repr(t) for t in built.transforms] == [repr(t) for t in reference.transforms]
+    images = [random_image(28 + 8 * seed, 40, seed) for seed in range(12)]
+    assert same_views(built, reference, images)
+    assert same_views(aug.build_transform(preset, size), reference, images)
+
+
+def test_settings_set_p_and_magnitudes():
+    ops = dict(aug.build_ops("ours:solarize.p=0.4, jitter.strength=0.6,clahe.clip=2,crop.scale_min=0.2", 32))
+    check(ops["solarize"], A.Solarize, 0.4, threshold_range=(0.5, 0.5))
+    check(ops["jitter"], A.ColorJitter, 0.8, brightness=(0.52, 1.48), saturation=(0.52, 1.48), hue=(-0.1, 0.1))
+    check(ops["clahe"], A.CLAHE, 0.2, clip_limit=(1.0, 2.0))
+    check(ops["crop"], A.RandomResizedCrop, 1.0, scale=(0.2, 1.0))
+    ops = dict(aug.build_ops("original+blur-gray:blur.sigma_max=3,blur.p=1,flip.p=0", 64))
+    check(ops["blur"], A.GaussianBlur, 1.0, blur_limit=(7, 7), sigma_limit=(0.1, 3.0))
+    assert "gray" not in ops and ops["flip"].p == 0
+    ops = dict(aug.build_ops("ours:brightness_contrast.limit=0.1,solarize.threshold=0.25,gray.p=1", 32))
+    check(ops["brightness_contrast"], A.RandomBrightnessContrast, 0.2, brightness_limit=(-0.1, 0.1),
+          contrast_limit=(-0.1, 0.1))
+    check(ops["solarize"], A.Solarize, threshold_range=(0.25, 0.25))
+    check(ops["gray"], A.ToGray, 1.0)
+    check(dict(aug.build_ops("supervised:pad_crop.padding=2", 32))["pad_crop"], aug.SupervisedCrop, padding=2)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("ours:solarize.p=1.5", r"'solarize.p=1.5': a probability must be in \[0, 1\]"),
+    ("ours:gray.p=-0.1", r"'gray.p=-0.1': a probability"),
+    ("ours:clahe.clip=-2", r"'clahe.clip=-2': clahe.clip must be at least 1"),
+    ("ours:brightness_contrast.limit=-0.1", r"'brightness_contrast.limit=-0.1': .* must be in \[0, 1\]"),
+    ("simclr:jitter.hue=0.7", r"'jitter.hue=0.7'"),
+    ("ours:sharpen.p=0.3", "unknown op 'sharpen' in 'sharpen.p=0.3'"),
+    ("ours:solarize.strength=1", "unknown parameter 'strength' of solarize in 'solarize.strength=1': "
+                                 "solarize has p, threshold"),
+    ("ours:flip.strength=1", "flip has p$"),
+    ("ours:solarize", "malformed setting 'solarize' in"),
+    ("ours:solarize.p", "malformed setting"),
+    ("ours:solarize.p=0.1,", "malformed setting ''"),
+    ("ours:", "malformed setting ''"),
+    ("ours:solarize.p=abc", "'solarize.p=abc': 'abc' is not a finite number"),
+    ("ours:solarize.p=nan", "not a finite number"),
+    ("ours:crop.p=0.5", "'crop.p=0.5': crop always applies"),
+    ("original:solarize.p=0.1", r"'solarize.p=0.1' sets solarize, which 'original' does not hold .* with \+solarize"),
+    ("ours:solarize.p=0.1,solarize.p=0.2", "sets solarize.p twice"),
+    ("ours:crop.scale_min=0.9,crop.scale_max=0.5", "crop.scale_min 0.9 is above crop.scale_max 0.5"),
+    ("simclr:blur.sigma_min=3", "blur.sigma_min 3 is above blur.sigma_max 2"),
+    ("supervised:pad_crop.padding=2.5", "must be a whole number"),
+])
+def test_bad_settings_are_one_line_user_errors(spec, message):
+    with pytest.raises(UserError, match=message) as error:
+        aug.resolve_policy(spec, 96)
+    assert "\n" not in str(error.value)
+
+
+ROUND_TRIP_SPECS = ["original", "ours", "simclr", "supervised", "eval", "original-crop:jitter.hue=0.05",
+                    "ours-clahe+blur:blur.sigma_max=1.5,solarize.p=0.35", "supervised:pad_crop.padding=6,flip.p=0.25"]
+
+
+@pytest.mark.parametrize("spec", ROUND_TRIP_SPECS)
+@pytest.mark.parametrize("size", [32, 96])
+def test_spec_policy_json_round_trip(spec, size, tmp_path):
+    policy = aug.resolve_policy(spec, size)
+    text = aug.policy_to_json(policy)
+    assert aug.policy_from_json(text) == policy
+    path = tmp_path / "policy.json"
+    path.write_text(text)
+    assert aug.policy_from_json(path) == policy == aug.resolve_policy(str(path), size)
+    from_spec, from_file = aug.build_transform(spec, size), aug.build_transform(str(path), size)
+    assert [repr(t) for t in from_spec.transforms] == [repr(t) for t in from_file.transforms]
+    assert same_views(from_spec, from_file, [random_image(40, 40, seed) for seed in range(6)])
+
+
+def test_json_policy_fills_defaults_and_rejects_bad_input(tmp_path):
+    policy = aug.policy_from_json('{"ops": [{"op": "crop", "scale_min": 0.2}, {"op": "solarize", "threshold": 0.7}]}')
+    assert policy == [aug.Op("crop", 1.0, {"scale_min": 0.2, "scale_max": 1.0}),
+                      aug.Op("solarize", 0.2, {"threshold": 0.7})]
+    bad = {
+        "not json": "is not valid JSON",
+        '[{"op": "crop"}]': r'expected \{"ops"',
+        '{"ops": [{"op": "crop"}], "size": 32}': r'expected \{"ops"',
+        '{"ops": [{"op": "sharpen"}]}': 'not an op; ops are crop',
+        '{"ops": [{"op": "crop"}, {"op": "gray", "p": 2}]}': r"'gray.p=2': a probability must be in \[0, 1\]",
+        '{"ops": [{"op": "crop"}, {"op": "gray", "p": "x"}]}': "'gray.p=\"x\"': 'x' is not a finite number",
+        '{"ops": [{"op": "crop"}, {"op": "gray", "p": true}]}': "not a finite number",
+        '{"ops": [{"op": "crop"}, {"op": "gray", "level": 1}]}': "unknown parameter 'level' of gray",
+        '{"ops": [{"op": "flip"}]}': "starts with exactly one of crop, pad_crop, resize",
+        '{"ops": [{"op": "crop"}, {"op": "resize"}]}': "starts with exactly one of",
+        '{"ops": [{"op": "crop"}, {"op": "flip"}, {"op": "flip"}]}': "appears twice",
+        '{"ops": [{"op": "crop", "p": 0.5}]}': "crop always applies",
+    }
+    for text, message in bad.items():
+        path = tmp_path / "bad.json"
+        path.write_text(text)
+        with pytest.raises(UserError, match=message):
+            aug.build_transform(str(path), 32)
+    with pytest.raises(UserError, match="cannot read policy .*missing.json"):
+        aug.resolve_policy(str(tmp_path / "missing.json"), 32)
+
+
+def test_policies_are_accepted_where_specs_are():
+    policy = aug.resolve_policy("ours:solarize.p=0.5", 32)
+    assert aug.op_names(policy) == aug.op_names("ours")
+    assert aug.resolve_policy(policy, 32) == policy and aug.resolve_policy(policy, 32) is not policy
+    policy[0].params["scale_min"] = 2.0
+    with pytest.raises(UserError, match="policy: crop.scale_min 2 is above"):
+        aug.build_transform(policy, 32)
+
+
+def test_describe_policy():
+    text = aug.describe_policy(aug.resolve_policy("ours:solarize.p=0.4,jitter.strength=0.6,clahe.clip=2", 32))
+    lines = text.splitlines()
+    assert len(lines) == 7 and lines[0].split() == ["crop", "always", "scale_min=0.08", "scale_max=1"]
+    assert lines[1].split() == ["jitter", "p=0.8", "strength=0.6", "hue=0.1"]
+    assert lines[2].split() == ["flip", "p=0.5"] and lines[4].split() == ["solarize", "p=0.4", "threshold=0.5"]
+    assert lines[5].split() == ["clahe", "p=0.2", "clip=2"]
+
+
+def test_module_docstring_documents_every_op_and_parameter():
+    for name, (_, params) in aug.OPS.items():
+        assert re.search(rf"^    {name} ", aug.__doc__, re.MULTILINE), name
+        for param, (default, _, _) in params.items():
+            assert f"{param} {default}" in aug.__doc__, (name, param)
+
+
+def test_search_space_lies_in_the_valid_ranges_and_holds_the_defaults():
+    assert set(aug.SEARCH_SPACE) == set(aug.SEED_OPS) | {"blur"}
+    for name, space in aug.SEARCH_SPACE.items():
+        default_p, params = aug.OPS[name]
+        for param, choices in space.items():
+            if param == "on":
+                assert choices == (False, True)
+                continue
+            low, high = choices
+            valid_low, valid_high = (0, 1) if param == "p" else params[param][1:]
+            assert valid_low <= low < high and (valid_high is None or high <= valid_high), (name, param)
+            default = default_p if param == "p" else params[param][0]
+            assert low <= default <= high, (name, param)
+
+
+def sample_params(rng):
+    """What an Optuna trial suggests: a value for every key of SEARCH_SPACE, plus unrelated hyper-parameters."""
+    params = {"lr": 0.1, "batch_size": 256}
+    for name, space in aug.SEARCH_SPACE.items():
+        for param, choices in space.items():
+            params[f"{name}.{param}"] = bool(rng.integers(2)) if param == "on" else float(rng.uniform(*choices))
+    return params
+
+
+def test_policy_from_params():
+    policy = aug.policy_from_params({"solarize.on": True, "solarize.p": 0.3, "gray.on": False, "gray.p": 0.4,
+                                     "jitter.strength": 0.7, "crop.scale_min": 0.2, "lr": 0.03})
+    assert aug.op_names(policy) == ["crop", "jitter", "flip", "solarize"]
+    assert policy[0].params["scale_min"] == 0.2 and policy[1].params["strength"] == 0.7
+    assert policy[3] == aug.Op("solarize", 0.3, {"threshold": 0.5})
+    assert aug.policy_from_params({}, base="ours", size=96) == aug.resolve_policy("ours", 96)
+    assert aug.op_names(aug.policy_from_params({"blur.on": True}, base="simclr", size=32))[-1] == "blur"
+    with pytest.raises(UserError, match="clahe.clip is given but 'original' has no clahe: switch it on"):
+        aug.policy_from_params({"clahe.clip": 2.0})
+    with pytest.raises(UserError, match="a probability"):
+        aug.policy_from_params({"flip.p": 1.5})
+    with pytest.raises(UserError, match="unknown parameter 'strength' of flip"):
+        aug.policy_from_params({"flip.strength": 1.0})
+    with pytest.raises(UserError, match="solarize.on must be True or False"):
+        aug.policy_from_params({"solarize.on": "yes"})
+    rng = np.random.default_rng(0)
+    image = random_image(32, 32)
+    for _ in range(20):
+        params = sample_params(rng)
+        policy = aug.policy_from_params(params)
+        on = [name for name in aug.SEARCH_SPACE if params.get(f"{name}.on", True)]
+        assert sorted(aug.op_names(policy)) == sorted(on)
+        assert aug.policy_from_json(aug.policy_to_json(policy)) == policy
+        assert aug.build_transform(policy, 32)(image=image)["image"].shape == (3, 32, 32)
+
+
+def test_multicrop_sizes_counts_and_scales():
+    image = random_image(96, 96)
+    crops = aug.build_multicrop("ours", 64, 24, mean=MEAN, std=STD)
+    views = crops(image)
+    assert [tuple(v.shape) for v in views] == [(3, 64, 64)] * 2 + [(3, 24, 24)] * 6
+    assert all(v.dtype == torch.float32 for v in views)
+    check(crops.global_transform.transforms[0], A.RandomResizedCrop, size=(64, 64), scale=(0.14, 1.0))
+    check(crops.local_transform.transforms[0], A.RandomResizedCrop, size=(24, 24), scale=(0.05, 0.3))
+    global_ops, local_ops = crops.global_transform.transforms[1:], crops.local_transform.transforms[1:]
+    assert [repr(t) for t in global_ops] == [repr(t) for t in local_ops]
+    crops = aug.build_multicrop("simclr:crop.scale_min=0.3", 96, 40, (0.1, 0.2), None, n_global=1, n_local=3)
+    views = crops(image)
+    assert [tuple(v.shape) for v in views] == [(3, 96, 96)] + [(3, 40, 40)] * 3 and views[0].dtype == torch.uint8
+    check(crops.global_transform.transforms[0], A.RandomResizedCrop, scale=(0.3, 1.0))
+    blur = {type(t): t for t in crops.local_transform.transforms}[A.GaussianBlur]
+    check(blur, A.GaussianBlur, blur_limit=(5, 5))  # the kernel follows the local size
+    assert len(aug.build_multicrop("original", 32, 16, n_local=0)(image)) == 2
+    with pytest.raises(UserError, match="needs the random resized crop"):
+        aug.build_multicrop("supervised", 32, 16)
+    with pytest.raises(UserError, match="scale_min 0.5 is above"):
+        aug.build_multicrop("ours", 32, 16, local_scale=(0.5, 0.2))
+    with pytest.raises(UserError, match="at least 1 global"):
+        aug.MultiCrop(crops.global_transform, 0, crops.local_transform, 2)
+
+
+def test_multicrop_seeding_matches_multiview_interface():
+    image = random_image(48, 48)
+    first, second = (aug.build_multicrop("ours", 32, 16) for _ in range(2))
+    first.set_random_seed(5), second.set_random_seed(5)
+    assert all(torch.equal(a, b) for a, b in zip(first(image), second(image)))
+    for wrapper in (first, second):  # how loading.TransformDataset seeds a draw: one generator pair per image
+        rng = np.random.default_rng((1, 2, 3))
+        wrapper.set_random_state(rng, random.Random(int(rng.bit_generator.random_raw())))
+    views = first(image)
+    assert all(torch.equal(a, b) for a, b in zip(views, second(image)))
+    assert not torch.equal(views[2], views[3])  # local crops are independent draws
+    views = pickle.loads(pickle.dumps(first))(image)
+    assert len(views) == 8
+    multiview = aug.MultiView(aug.build_transform("ours", 32), 2)
+    rng = np.random.default_rng(0)
+    multiview.set_random_state(rng, random.Random(0))
+    assert multiview.transform.transforms[0].random_generator is rng

@@ -8,88 +8,20 @@ from urllib.error import URLError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import albumentations as A
 import cv2
 import numpy as np
 import pytest
-import torch
 import torchvision
-from albumentations.pytorch import ToTensorV2
 
 import datasets as D
-from training import UserError
-
-RNG = np.random.default_rng(1234)
-
-
-def random_images(n, size):
-    return RNG.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
+from cli import UserError
+from conftest import RNG, Py2Str, cifar_batch, error_of, random_images, write_cifar10, write_cifar100, write_py2_pickle  # noqa: F401
 
 @pytest.fixture
-def trust_checksums(monkeypatch):
-    """Our fake archives have other md5s than the real ones: accept any file that exists (tests only)."""
-    exists = lambda fpath, md5=None: os.path.isfile(fpath)
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", exists)
-    monkeypatch.setattr(torchvision.datasets.stl10, "check_integrity", exists)
+def no_debian_fashion(tmp_path, monkeypatch):
+    """As on a machine without Debian's dataset-fashion-mnist."""
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", str(tmp_path / "no-debian-package"))
 
-
-# --- CIFAR: Python-2 pickles like the real archives (keys are py2 str: bytes under encoding="bytes") ---------
-
-
-class Py2Str(bytes):
-    pass
-
-
-class Py2Pickler(pickle._Pickler):
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj):
-        self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + bytes(obj))
-
-    dispatch[Py2Str] = save_py2_str
-
-
-def write_py2_pickle(path, entry):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        Py2Pickler(f, protocol=2).dump({Py2Str(key): value for key, value in entry.items()})
-
-
-def cifar_batch(images, labels, label_key, batch_label):
-    return {
-        b"batch_label": Py2Str(batch_label),
-        label_key: [int(x) for x in labels],
-        b"data": images.transpose(0, 3, 1, 2).reshape(len(images), 3072),  # row-major CHW
-        b"filenames": [Py2Str(b"img_%d.png" % i) for i in range(len(images))],
-    }
-
-
-def write_cifar10(root, per_batch=2, n_test=3):
-    folder = root / "cifar-10-batches-py"
-    train_images, train_labels = random_images(5 * per_batch, 32), RNG.integers(0, 10, 5 * per_batch)
-    for b in range(5):
-        part = slice(b * per_batch, (b + 1) * per_batch)
-        batch = cifar_batch(train_images[part], train_labels[part], b"labels", b"training batch %d of 5" % (b + 1))
-        write_py2_pickle(folder / f"data_batch_{b + 1}", batch)
-    test_images, test_labels = random_images(n_test, 32), RNG.integers(0, 10, n_test)
-    write_py2_pickle(folder / "test_batch", cifar_batch(test_images, test_labels, b"labels", b"testing batch 1 of 1"))
-    names = [Py2Str(b"class%d" % i) for i in range(10)]
-    write_py2_pickle(folder / "batches.meta", {b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072})
-    return train_images, train_labels, test_images, test_labels
-
-
-def write_cifar100(root, n_train=6, n_test=3):
-    folder = root / "cifar-100-python"
-    train_images, train_labels = random_images(n_train, 32), RNG.integers(0, 100, n_train)
-    test_images, test_labels = random_images(n_test, 32), RNG.integers(0, 100, n_test)
-    for name, images, labels in [("train", train_images, train_labels), ("test", test_images, test_labels)]:
-        batch = cifar_batch(images, labels, b"fine_labels", name.encode())
-        batch[b"coarse_labels"] = [int(x) // 5 for x in labels]
-        write_py2_pickle(folder / name, batch)
-    write_py2_pickle(folder / "meta", {b"fine_label_names": [Py2Str(b"f%d" % i) for i in range(100)],
-                                       b"coarse_label_names": [Py2Str(b"c%d" % i) for i in range(20)]})
-    return train_images, train_labels, test_images, test_labels
 
 
 def test_cifar_pickles_look_like_the_real_ones(tmp_path):
@@ -112,6 +44,40 @@ def test_cifar_round_trip(tmp_path, trust_checksums, name, writer):
     assert image.dtype == np.uint8 and image.shape == (32, 32, 3) and label == train_labels[3]
     np.testing.assert_array_equal(image, train_images[3])
     np.testing.assert_array_equal(splits.test[2][0], test_images[2])
+
+
+def test_corrupt_cifar_files_are_named_with_how_to_replace_them(tmp_path, monkeypatch):
+    write_cifar10(tmp_path)  # real layout, but not the real bytes: every checksum fails
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", refuse_network)
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"truncated")
+    for download in (False, True):
+        with pytest.raises(UserError) as error:
+            D.load_splits("cifar10", tmp_path, download=download)
+        message = str(error.value)
+        assert "present but corrupt (checksum mismatch)" in message and "\n" not in message
+        assert "no network" not in message and "not found" not in message
+        assert "cifar-10-batches-py/data_batch_1" in message and "cifar-10-batches-py/batches.meta" in message
+        assert f"cifar-10-python.tar.gz in {tmp_path.resolve()}/ are present" in message  # the archive too
+        assert "delete them" in message and "fresh copy of cifar-10-python.tar.gz" in message
+
+
+@pytest.mark.parametrize("name, writer, victim", [("cifar10", write_cifar10, "data_batch_3"),
+                                                  ("cifar100", write_cifar100, "test")])
+def test_cifar_pickle_torchvision_cannot_read_is_named(tmp_path, trust_checksums, name, writer, victim):
+    writer(tmp_path)
+    folder = tmp_path / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    write_py2_pickle(folder / victim, {b"batch_label": Py2Str(b"oops"), b"labels": [0]})
+    with pytest.raises(UserError) as error:
+        D.load_splits(name, tmp_path, download=False)
+    assert str(error.value).startswith(f"{folder.resolve() / victim} is not a ") and "no 'data' key" in str(error.value)
+    assert "\n" not in str(error.value)
+    (folder / victim).write_bytes(b"garbage")
+    with pytest.raises(UserError, match=f"{victim} is not a .* file \\(cannot unpickle"):
+        D.load_splits(name, tmp_path, download=False)
+    label_key = b"labels" if name == "cifar10" else b"fine_labels"
+    write_py2_pickle(folder / victim, cifar_batch(random_images(2, 32), [1], label_key, b"one label short"))
+    with pytest.raises(UserError, match=f"{victim} is not a .* file \\(data of shape \\(2, 3072\\) with 1 labels"):
+        D.load_splits(name, tmp_path, download=False)
 
 
 # --- STL-10 binary ----------------------------------------------------------------------------------------
@@ -231,6 +197,25 @@ def test_tinyimagenet_missing(tmp_path):
     assert str(tmp_path.resolve()) in str(error.value)
 
 
+def test_tinyimagenet_without_val_annotations_names_the_file(tmp_path):
+    folder = write_tinyimagenet(tmp_path)
+    (folder / "val" / "val_annotations.txt").unlink()
+    for data_dir in (tmp_path, folder):
+        with pytest.raises(UserError) as error:
+            D.load_splits("tinyimagenet", data_dir)
+        assert str(folder.resolve() / "val" / "val_annotations.txt") in str(error.value)
+        assert "missing" in str(error.value)
+
+
+def test_read_rgb_names_a_corrupt_or_missing_file(tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n and then nothing")
+    with pytest.raises(UserError, match=f"cannot decode image {corrupt} \\(corrupt"):
+        D.read_rgb(corrupt)
+    with pytest.raises(UserError, match=f"image {tmp_path / 'gone.png'} is missing"):
+        D.read_rgb(tmp_path / "gone.png")
+
+
 # --- Fashion-MNIST idx ---------------------------------------------------------------------------------------
 
 
@@ -259,27 +244,75 @@ def check_fashion(splits, arrays):
     assert image[:2].max() == 0 and image[:, 30:].max() == 0
 
 
-def test_fashionmnist_idx_folder(tmp_path):
-    arrays = fake_fashion()
+def write_fashion(folder, arrays, gzipped=True):
+    folder.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
-        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(array)))
+        if gzipped:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(array)))
+        else:
+            (folder / name).write_bytes(idx_bytes(array))  # as torchvision leaves them after extracting
+
+
+@pytest.mark.parametrize("gzipped", [True, False])
+def test_fashionmnist_idx_folder(tmp_path, gzipped):
+    arrays = fake_fashion()
+    write_fashion(tmp_path, arrays, gzipped)
     check_fashion(D.load_splits("fashionmnist", tmp_path, download=False), arrays)
 
 
 def test_fashionmnist_torchvision_root(tmp_path):
     arrays = fake_fashion()
-    raw = tmp_path / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name, array in arrays.items():
-        (raw / name).write_bytes(idx_bytes(array))  # as torchvision leaves them after extracting
+    write_fashion(tmp_path / "FashionMNIST" / "raw", arrays, gzipped=False)
     check_fashion(D.load_splits("fashionmnist", tmp_path, download=True), arrays)
+
+
+def test_fashionmnist_search_order_given_dir_then_torchvision_raw_then_debian(tmp_path, monkeypatch):
+    data_dir, raw, debian = tmp_path / "data", tmp_path / "data" / "FashionMNIST" / "raw", tmp_path / "debian"
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", str(debian))
+    in_data_dir, in_raw, in_debian = fake_fashion(), fake_fashion(), fake_fashion()
+    write_fashion(data_dir, in_data_dir, gzipped=False)
+    write_fashion(raw, in_raw)
+    write_fashion(debian, in_debian)
+    check_fashion(D.load_splits("fashionmnist", data_dir, download=False), in_data_dir)
+    for name in in_data_dir:
+        (data_dir / name).unlink()
+    check_fashion(D.load_splits("fashionmnist", data_dir, download=False), in_raw)
+    (raw / "t10k-labels-idx1-ubyte.gz").unlink()  # three of four files are not enough
+    check_fashion(D.load_splits("fashionmnist", data_dir, download=False), in_debian)  # a --data-dir of ours too
+
+
+def test_fashionmnist_missing_names_the_files_and_folders(tmp_path, monkeypatch, no_debian_fashion):
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", refuse_network)
+    data_dir = tmp_path / "data"
+    for download in (False, True):
+        with pytest.raises(UserError) as error:
+            D.load_splits("fashionmnist", data_dir, download=download)
+        message = str(error.value)
+        for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                     "t10k-labels-idx1-ubyte.gz"):
+            assert name in message
+        for folder in (data_dir.resolve(), data_dir.resolve() / "FashionMNIST" / "raw", D.DEBIAN_FASHION_MNIST):
+            assert f"{folder}," in message or f"{folder}:" in message or f"{folder};" in message
+        assert "apt-get install dataset-fashion-mnist" in message and "\n" not in message
+        assert ("Temporary failure in name resolution" in message) == download
+
+
+def test_fashionmnist_unreadable_idx_file_is_named(tmp_path):
+    arrays = fake_fashion()
+    write_fashion(tmp_path, arrays)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(arrays["t10k-images-idx3-ubyte"]))[:40])
+    with pytest.raises(UserError, match="t10k-images-idx3-ubyte.gz is not a readable uint8 idx file"):
+        D.load_splits("fashionmnist", tmp_path, download=False)
+    write_fashion(tmp_path, dict(arrays, **{"train-labels-idx1-ubyte": arrays["train-labels-idx1-ubyte"][:4]}))
+    with pytest.raises(UserError, match="train-labels-idx1-ubyte.gz .* one label each"):
+        D.load_splits("fashionmnist", tmp_path, download=False)
 
 
 @pytest.mark.skipif(not Path(D.DEBIAN_FASHION_MNIST, "train-images-idx3-ubyte.gz").is_file(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashionmnist_debian_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no ./data here: the default data dir falls back to the Debian files
-    splits = D.load_splits("fashionmnist")
+    splits = D.load_splits("fashionmnist", download=False)
     assert len(splits.pretrain) == 60000 and len(splits.test) == 10000
     image, label = splits.pretrain[0]
     assert image.shape == (32, 32, 3) and 0 <= label < 10
@@ -339,6 +372,76 @@ def test_subset_stl10(tmp_path, trust_checksums):
         D.load_splits("stl10", tmp_path, download=False, subset=5)
 
 
+def image_rows(dataset):
+    return {image.tobytes() for image in dataset.images}
+
+
+SMALL = (300, 50)  # synthetic train / test sizes
+
+
+@pytest.mark.parametrize("val_size", [1, 37, 120])
+def test_val_split_is_held_out_stratified_and_seeded(val_size):
+    full = D.load_splits("synthetic", synthetic_size=SMALL)
+    splits = D.load_splits("synthetic", synthetic_size=SMALL, val_size=val_size, seed=3)
+    val = splits.val
+    assert len(val) == val_size and splits.pretrain is splits.memory and len(splits.memory) == 300 - val_size
+    assert not image_rows(val) & image_rows(splits.pretrain) and not image_rows(val) & image_rows(splits.test)
+    assert image_rows(val) | image_rows(splits.memory) == image_rows(full.memory)
+    counts, total = np.bincount(val.labels, minlength=10), np.bincount(full.memory.labels, minlength=10)
+    assert np.abs(counts - val_size * total / total.sum()).max() < 1
+    again, other = (D.load_splits("synthetic", synthetic_size=SMALL, val_size=val_size, seed=s) for s in (3, 4))
+    assert image_rows(again.val) == image_rows(val) and image_rows(again.memory) == image_rows(splits.memory)
+    assert val_size == 1 or image_rows(other.val) != image_rows(val)
+    assert full.val is None
+
+
+def test_stratified_choice_of_unbalanced_classes():
+    labels = np.repeat(np.arange(4), [700, 200, 90, 10])
+    for n in (1, 3, 10, 99, 500):
+        chosen = D.stratified_choice(labels, n, np.random.default_rng(n))
+        assert len(set(chosen)) == n and (np.diff(chosen) > 0).all()
+        assert np.abs(np.bincount(labels[chosen], minlength=4) - n * np.array([0.7, 0.2, 0.09, 0.01])).max() < 1
+
+
+def test_val_split_with_subset_keeps_subset_semantics():
+    splits = D.load_splits("synthetic", synthetic_size=SMALL, val_size=100, subset=150, seed=1)
+    assert len(splits.val) == 100 and len(splits.pretrain) == 150 and splits.memory is splits.pretrain
+    assert len(splits.test) == 50 and not image_rows(splits.val) & image_rows(splits.pretrain)
+    with pytest.raises(UserError, match="choose 1..200"):
+        D.load_splits("synthetic", synthetic_size=SMALL, val_size=100, subset=201)
+    for bad in (-1, 300):
+        with pytest.raises(UserError, match="validation split of .* choose 1..299"):
+            D.load_splits("synthetic", synthetic_size=SMALL, val_size=bad)
+
+
+def test_val_split_stl10_keeps_the_unlabelled_images_in_pretrain(tmp_path, trust_checksums):
+    data = write_stl10(tmp_path, n_train=10, n_unlabeled=6)
+    splits = D.load_splits("stl10", tmp_path, download=False, val_size=4, seed=2)
+    assert len(splits.val) == 4 and len(splits.memory) == 6 and len(splits.pretrain) == 6 + 6
+    assert (splits.val.labels >= 0).all() and (splits.pretrain.labels == -1).sum() == 6
+    assert image_rows(splits.pretrain) == image_rows(splits.memory) | {image.tobytes() for image in data["unlabeled"][0]}
+    assert not image_rows(splits.val) & image_rows(splits.pretrain) and not image_rows(splits.val) & image_rows(splits.test)
+    np.testing.assert_array_equal(splits.pretrain.labels[:6], splits.memory.labels)  # memory first, as documented
+    assert image_rows(splits.val) | image_rows(splits.memory) == {image.tobytes() for image in data["train"][0]}
+
+
+@pytest.mark.parametrize("name, crop_size, expected", [("cifar10", None, 32), ("cifar10", 8, 8), ("cifar10", 224, 224),
+                                                       ("cifar10", 512, 512), ("stl10", 50, 50), ("imagenet100", 896, 896)])
+def test_check_crop_size_allows_downcrop_and_modest_upscaling(name, crop_size, expected):
+    assert D.check_crop_size(D.dataset_info(name), crop_size) == expected
+
+
+@pytest.mark.parametrize("name, crop_size, largest", [("cifar10", 7, 512), ("cifar10", 0, 512), ("cifar10", -32, 512),
+                                                      ("cifar10", 513, 512), ("stl10", 100000, 512),
+                                                      ("imagenet100", 897, 896)])
+def test_check_crop_size_refuses_impossible_sizes(name, crop_size, largest):
+    info = D.dataset_info(name)
+    with pytest.raises(UserError) as error:
+        D.check_crop_size(info, crop_size)
+    assert str(error.value) == (f"crop size {crop_size} is out of range for {name} (native {info.image_size} px): "
+                                f"choose 8..{largest}")
+
+
 # --- errors ------------------------------------------------------------------------------------------------------
 
 
@@ -346,7 +449,7 @@ def refuse_network(*args, **kwargs):
     raise URLError("[Errno -3] Temporary failure in name resolution")
 
 
-def test_failed_download_names_archive_and_dir(tmp_path, monkeypatch):
+def test_failed_download_names_archive_and_dir(tmp_path, monkeypatch, no_debian_fashion):
     monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", refuse_network)
     with pytest.raises(UserError) as error:
         D.load_splits("cifar10", tmp_path / "data", download=True)
@@ -367,7 +470,7 @@ def test_failed_download_names_archive_and_dir(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name, archive", [("cifar10", "cifar-10-python.tar.gz"), ("cifar100", "cifar-100-python.tar.gz"),
                                            ("stl10", "stl10_binary.tar.gz"), ("fashionmnist", "t10k-labels-idx1-ubyte.gz")])
-def test_missing_data_without_download(tmp_path, name, archive):
+def test_missing_data_without_download(tmp_path, name, archive, no_debian_fashion):
     with pytest.raises(UserError, match=archive) as error:
         D.load_splits(name, tmp_path, download=False)
     assert str(tmp_path.resolve()) in str(error.value)
@@ -385,129 +488,6 @@ def test_bad_names_and_dirs(tmp_path):
     assert set(D.DATASETS) == {"cifar10", "cifar100", "stl10", "imagenet100", "tinyimagenet", "imagefolder",
                                "fashionmnist", "synthetic"}
     assert D.dataset_info("imagenet100").imagenet_stem and not D.dataset_info("cifar10").imagenet_stem
-
-
-# --- transforms and loaders -----------------------------------------------------------------------------------
-
-
-def normalize_only():
-    return A.Compose([A.Normalize(), ToTensorV2()])
-
-
-def random_crop_flip():
-    return A.Compose([A.RandomResizedCrop(size=(16, 16)), A.HorizontalFlip(), A.Normalize(), ToTensorV2()])
-
-
-def test_transform_dataset():
-    base = D.load_splits("synthetic", subset=20).pretrain
-    single = D.TransformDataset(base, normalize_only())
-    tensor, label = single[0]
-    assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32 and tensor.shape == (3, 32, 32)
-    assert label == base.labels[0] and len(single) == 20
-    views, label = D.TransformDataset(base, random_crop_flip(), n_views=2)[0]
-    assert isinstance(views, list) and len(views) == 2 and all(v.shape == (3, 16, 16) for v in views)
-
-
-def batches(loader, epochs=1):
-    return [(views, labels) for _ in range(epochs) for views, labels in loader]
-
-
-class FakeRuntime:
-    def __init__(self, rank=0, world_size=1):
-        self.rank, self.world_size, self.device = rank, world_size, torch.device("cpu")
-
-
-def train_batches(dataset, workers, seed=7, epoch=0, rank=0, world_size=1, batch_size=16):
-    loader = D.make_train_loader(FakeRuntime(rank, world_size), dataset, batch_size, workers, seed)
-    loader.sampler.set_epoch(epoch)
-    return batches(loader)
-
-
-@pytest.mark.parametrize("workers", [0, 1])
-def test_make_train_loader(workers):
-    base = D.load_splits("synthetic", subset=40).pretrain
-    dataset = D.TransformDataset(base, random_crop_flip(), n_views=2)
-    loader = D.make_train_loader(FakeRuntime(), dataset, 16, workers, seed=7)
-    assert loader.persistent_workers == (workers > 0) and not loader.pin_memory and loader.drop_last
-    first = train_batches(dataset, workers)
-    assert len(first) == 2
-    for views, labels in first:
-        assert len(views) == 2 and views[0].shape == (16, 3, 16, 16) and labels.shape == (16,)
-        assert not torch.equal(views[0], views[1])
-    again = train_batches(dataset, workers)  # same seed and epoch: same order and same augmentations
-    for (v1, l1), (v2, l2) in zip(first, again):
-        assert torch.equal(l1, l2) and torch.equal(v1[0], v2[0]) and torch.equal(v1[1], v2[1])
-    for other in (train_batches(dataset, workers, seed=8), train_batches(dataset, workers, epoch=1)):
-        assert not all(torch.equal(a[0][1], b[0][1]) for a, b in zip(first, other))
-
-
-def test_augmentations_do_not_depend_on_the_number_of_workers():
-    """Each image's augmentations are fixed by (seed, epoch, index): what makes --resume exact."""
-    base = D.load_splits("synthetic", subset=32).pretrain
-    dataset = D.TransformDataset(base, random_crop_flip(), n_views=2)
-    runs = [train_batches(dataset, workers, epoch=3, batch_size=8) for workers in (0, 2)]
-    for (v1, l1), (v2, l2) in zip(*runs):
-        assert torch.equal(l1, l2) and torch.equal(v1[0], v2[0]) and torch.equal(v1[1], v2[1])
-
-
-def test_same_image_gets_different_augmentations_at_different_indices():
-    same_image = D.ImageDataset(np.repeat(random_images(1, 32), 4, axis=0), [0, 1, 2, 3])
-    (views, _), = train_batches(D.TransformDataset(same_image, random_crop_flip()), workers=2, batch_size=4)
-    assert len({tuple(v.flatten()[:64].tolist()) for v in views}) == 4
-
-
-def test_processes_share_the_permutation_without_overlap():
-    base = D.load_splits("synthetic", subset=20).pretrain
-    dataset = D.TransformDataset(base, normalize_only())
-    seen = [torch.cat([y for _, y in train_batches(dataset, 0, rank=r, world_size=2, batch_size=5)]) for r in (0, 1)]
-    assert all(len(s) == 10 for s in seen)
-    order = [list(D.EpochSampler(dataset, r, 2, seed=7)) for r in (0, 1)]
-    indices = [i for part in order for i, _ in part]
-    assert sorted(indices) == list(range(20))
-
-
-def test_eval_loader_shards_in_order():
-    base = D.load_splits("synthetic", subset=20).test
-    dataset = D.TransformDataset(base, normalize_only())
-    labels = [torch.cat([y for _, y in D.make_eval_loader(FakeRuntime(r, 2), dataset, 4, 0)]) for r in (0, 1)]
-    assert torch.equal(labels[0], torch.as_tensor(base.labels[0::2])) and torch.equal(labels[1], torch.as_tensor(base.labels[1::2]))
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_eval_batches_are_read_once_and_replayed(workers, monkeypatch):
-    base = D.load_splits("synthetic", subset=20).memory
-    dataset = D.TransformDataset(base, normalize_only())
-    reads = []
-    monkeypatch.setattr(D.TransformDataset, "__getitem__",
-                        lambda self, i, read=D.TransformDataset.__getitem__: reads.append(i) or read(self, i))
-    replayed = D.make_eval_loader(FakeRuntime(), dataset, 8, workers)
-    assert isinstance(replayed, D.ReplayedBatches) and len(replayed) == 3
-    first, again = list(replayed), list(replayed)
-    direct = list(D.make_loader(dataset, 8, 0))
-    assert len(first) == len(again) == len(direct) == 3 and len(replayed) == 3
-    for (x1, y1), (x2, y2), (x3, y3) in zip(first, again, direct):
-        assert x2 is x1 and torch.equal(x1, x3) and torch.equal(y1, y3)
-    if workers == 0:  # the size probe, one pass, then the direct loader; the replay reads nothing
-        assert reads == [0] + list(range(20)) * 2
-
-
-def test_eval_sets_larger_than_the_cache_are_read_each_pass(monkeypatch):
-    dataset = D.TransformDataset(D.load_splits("synthetic", subset=20).memory, normalize_only())
-    monkeypatch.setattr(D, "EVAL_CACHE_BYTES", 20 * 3 * 32 * 32 * 4 - 1)  # one byte short of the 20 float32 images
-    assert isinstance(D.make_eval_loader(FakeRuntime(), dataset, 8, 0), torch.utils.data.DataLoader)
-    monkeypatch.setattr(D, "EVAL_CACHE_BYTES", 20 * 3 * 32 * 32 * 4)
-    assert isinstance(D.make_eval_loader(FakeRuntime(), dataset, 8, 0), D.ReplayedBatches)
-
-
-@pytest.mark.parametrize("cores,local_world,expected", [(2, None, 2), (16, None, 16), (64, None, 16), (16, "4", 4),
-                                                        (2, "4", 1)])
-def test_default_workers_share_the_cores_among_local_processes(cores, local_world, expected, monkeypatch):
-    monkeypatch.setattr(D, "usable_cores", lambda: cores)
-    if local_world is None:
-        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    else:
-        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
-    assert D.default_workers() == expected
 
 
 # --- ImageNet-100 builder ---------------------------------------------------------------------------------------
@@ -537,3 +517,10 @@ def test_build_imagenet100(tmp_path, capsys):
     assert splits.info.num_classes == 3 and len(splits.pretrain) == 3 and len(splits.test) == 3
     with pytest.raises(UserError, match="none of the class folders"):
         D.build_imagenet100(tmp_path / "nothing", tmp_path / "out2")
+
+
+@pytest.mark.parametrize("argv, expected", [(["build-imagenet100", "/nonexistent", "/tmp/x"], "none of the class folders"),
+                                            (["build-imagenet100"], "required: imagenet_root, out_root"),
+                                            ([], "required: command")])
+def test_datasets_cli_errors_are_one_line(argv, expected, capsys):
+    assert expected in error_of(argv, capsys, D.main)

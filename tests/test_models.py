@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import MoCo, SimCLR, SplitBatchNorm, build_backbone
+from models import SplitBatchNorm, build_backbone, projection_head
 
 
 @pytest.mark.parametrize("arch,dim", [("resnet18", 512), ("resnet50", 2048)])
@@ -39,59 +39,8 @@ def test_split_batchnorm_equals_batchnorm_per_split():
     assert torch.allclose(split(x), F.batch_norm(x, split.running_mean, split.running_var, split.weight, split.bias))
 
 
-def small_moco(**kw):
-    torch.manual_seed(0)
-    return MoCo("resnet18", dim=16, K=kw.pop("K", 32), m=kw.pop("m", 0.9), T=0.1, bn_splits=kw.pop("bn_splits", 2), **kw)
-
-
-def test_momentum_update_is_ema_of_query_encoder():
-    model = small_moco()
-    with torch.no_grad():
-        for p in model.encoder_q.parameters():
-            p.add_(torch.randn_like(p))
-    q = [p.clone() for p in model.encoder_q.parameters()]
-    k = [p.clone() for p in model.encoder_k.parameters()]
-    model.momentum_update()
-    for pq, pk, new in zip(q, k, model.encoder_k.parameters()):
-        assert torch.allclose(new, 0.9 * pk + 0.1 * pq, atol=1e-6)
-    assert not any(p.requires_grad for p in model.encoder_k.parameters())
-
-
-def test_enqueue_writes_at_pointer_and_wraps_around():
-    model = small_moco(K=10)
-    keys = F.normalize(torch.randn(4, 16), dim=1)
-    model.enqueue(keys)
-    assert torch.equal(model.queue[:4], keys) and model.queue_ptr.item() == 4
-    model.queue_ptr.fill_(8)  # 4 keys from position 8 of 10: 8, 9, then 0, 1
-    more = F.normalize(torch.randn(4, 16), dim=1)
-    model.enqueue(more)
-    assert torch.equal(model.queue[8:10], more[:2]) and torch.equal(model.queue[0:2], more[2:])
-    assert model.queue_ptr.item() == 2
-
-
-def test_shuffle_bn_returns_keys_in_input_order():
-    model = small_moco(bn_splits=4)
-    images = torch.randn(8, 3, 32, 32)
-    model.encoder_k.eval()  # eval BN: the key of an image no longer depends on its batch neighbours
-    shuffled = model.shuffled_keys(images)
-    direct = F.normalize(model.encoder_k(images), dim=1)
-    assert torch.allclose(shuffled, direct, atol=1e-5)
-
-
-@pytest.mark.parametrize("symmetric,n_views,enqueued", [(False, 2, 4), (True, 2, 8), (False, 3, 8), (True, 3, 12)])
-def test_moco_forward_loss_and_queue(symmetric, n_views, enqueued):
-    model = small_moco(symmetric=symmetric)
-    views = [torch.randn(4, 3, 32, 32) for _ in range(n_views)]
-    loss = model(views)
-    assert loss.ndim == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert model.encoder_q.backbone.conv1.weight.grad is not None
-    assert model.queue_ptr.item() == enqueued % 32
-
-
-def test_simclr_heads():
-    model = SimCLR("resnet18", num_classes=7, projection_dim=32)
-    x = torch.randn(2, 3, 32, 32)
-    assert model(x).shape == (2, 32)
-    assert model(x, classify=True).shape == (2, 7)
-    assert model.projection[0].out_features == 512  # hidden layer as wide as the features, as in the paper
+def test_projection_head_linear_or_mlp():
+    assert isinstance(projection_head(512, 128), nn.Linear)
+    mlp = projection_head(512, 128, 2048)
+    assert [type(m) for m in mlp] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert mlp[0].out_features == 2048 and mlp(torch.randn(4, 512)).shape == (4, 128)

@@ -1,17 +1,24 @@
 import json
+import math
 import multiprocessing
 import os
 import re
+import shutil
+import subprocess
+import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import openpyxl
 import pytest
 
 import results
-from training import UserError
+from cli import UserError
 
 REPO = Path(__file__).resolve().parents[1]
+LONG_ARGS = {f"option_{k}": f"value number {k}" for k in range(80)}  # ~2,000 characters of JSON, like a real run
 
 
 def make_run(**overrides):
@@ -22,13 +29,23 @@ def make_run(**overrides):
     return run
 
 
-def make_curves(epochs=3):
-    return [{"epoch": e, "loss": 7.0 - e, "knn_top1": 30.0 + e, "lr": 0.06, "epoch_s": 4.0}
+def make_curves(epochs=3, offset=0.0):
+    return [{"epoch": e, "loss": 7.0 - e, "knn_top1": 30.0 + e + offset, "lr": 0.06, "epoch_s": 4.0}
             for e in range(1, epochs + 1)]
 
 
 def rows(sheet):
     return [list(r) for r in sheet.iter_rows(values_only=True)]
+
+
+def records(sheet):
+    header, *body = rows(sheet)
+    return [dict(zip(header, r)) for r in body]
+
+
+def read_part(path, name):
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(name).decode()
 
 
 def test_append_two_runs_writes_runs_curves_chart_and_reference(tmp_path):
@@ -38,7 +55,7 @@ def test_append_two_runs_writes_runs_curves_chart_and_reference(tmp_path):
     assert (first, second) == ("r0001", "r0002")
 
     book = openpyxl.load_workbook(path)
-    assert book.sheetnames == ["runs", "curves", "chart", "reference"]
+    assert book.sheetnames == ["runs", "summary", "chart", "curves", "args", "reference"]
     runs = rows(book["runs"])
     assert runs[0] == results.RUN_COLUMNS and len(runs) == 3
     record = dict(zip(runs[0], runs[1]))
@@ -56,10 +73,11 @@ def test_append_two_runs_writes_runs_curves_chart_and_reference(tmp_path):
 
     with zipfile.ZipFile(path) as archive:
         charts = [n for n in archive.namelist() if n.startswith("xl/charts/chart")]
-        assert charts == ["xl/charts/chart1.xml"]
-        chart_xml = archive.read(charts[0]).decode()
+    assert charts == ["xl/charts/chart1.xml"]
+    chart_xml = read_part(path, charts[0])
     assert chart_xml.count("<ser>") == 4  # two runs + the seed study's two curves
-    assert "r0002 synthetic original" in chart_xml and "'curves'!$B$5:$B$6" in chart_xml
+    assert "<v>r0001 moco synthetic ours</v>" in chart_xml and "<v>r0002 moco synthetic original</v>" in chart_xml
+    assert "'curves'!$B$5:$B$6" in chart_xml
 
     reference = rows(book["reference"])
     assert reference[0][:7] == results.REFERENCE_COLUMNS
@@ -74,69 +92,227 @@ def test_append_two_runs_writes_runs_curves_chart_and_reference(tmp_path):
     assert seed[-1][2] == 82.19 and seed[-1][4] == 85.01
 
 
-def test_published_table_matches_reference_md():
-    text = (REPO / "reference" / "REFERENCE.md").read_text()
-    published, header = [], []
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
-        if not cells or set(cells[0]) <= {"-"}:
-            header = [] if not cells else header
-        elif not header:
-            header = cells
-        elif "value" in header:  # "Other anchors": source, method, dataset, epochs, metric, value
-            published.append((int(cells[header.index("epochs")]), float(cells[header.index("value")])))
-        else:  # MoCo table: one value column per epoch count ("200 ep", ...)
-            published += [(int(h.split()[0]), float(c)) for h, c in zip(header[2:], cells[2:]) if c]
-    transcribed = [(row[4], float(row[6])) for row in results.PUBLISHED]
-    assert sorted(transcribed) == sorted(published) and len(published) == 14
+def test_chart_has_a_size_and_an_epoch_axis_from_the_runs(tmp_path):
+    path = tmp_path / "results.xlsx"
+    results.append_run(path, make_run(), make_curves(3))
+    results.append_run(path, make_run(epochs=5), make_curves(5))
+    ext = re.search(r'<ext cx="(\d+)" cy="(\d+)"', read_part(path, "xl/drawings/drawing1.xml"))
+    assert int(ext[1]) > 5_000_000 and int(ext[2]) > 3_000_000  # EMU: more than 14 x 8 cm
+    chart_xml = read_part(path, "xl/charts/chart1.xml")
+    x_axis = re.search(r"<valAx><axId val=\"10\" />.*?</valAx>", chart_xml)[0]
+    assert '<max val="5" />' in x_axis and '<min val="0" />' in x_axis
+    # the seed study's curves are drawn over the same epochs (1..5), not over their 200
+    assert "'reference'!$I$2:$I$6" in chart_xml and "'reference'!$K$2:$K$6" in chart_xml
 
 
-def _append_after(barrier, path, aug):
+def test_chart_without_runs_shows_the_whole_seed_study(tmp_path):
+    path = tmp_path / "results.xlsx"
+    results.append_run(path, make_run(), [])
+    chart_xml = read_part(path, "xl/charts/chart1.xml")
+    assert chart_xml.count("<ser>") == 2 and "'reference'!$K$2:$K$201" in chart_xml and '<max val="200" />' in chart_xml
+
+
+def test_runs_sheet_layout_and_args_sheet(tmp_path):
+    path = tmp_path / "results.xlsx"
+    results.append_run(path, make_run(args=LONG_ARGS, images_per_s=1234.56, linear_top1=55.123), make_curves(2))
+    book = openpyxl.load_workbook(path)
+    runs = book["runs"]
+    widths = {cell.value: runs.column_dimensions[cell.column_letter].width for cell in runs[1]}
+    assert all(widths[name] and widths[name] >= len(name) + 2 for name in results.RUN_COLUMNS)
+    assert widths["script"] >= len("moco_augmented.py") + 1 and widths["time"] >= len("2025-01-01T00:00:00") + 1
+    assert runs.freeze_panes == "B2"
+    cells = {cell.value: runs.cell(2, cell.column) for cell in runs[1]}
+    for name in ("knn_top1_final", "knn_top1_best", "linear_top1"):
+        assert cells[name].number_format == "0.00"
+    assert cells["wall_time_s"].number_format == "#,##0.0" and cells["images_per_s"].number_format == "#,##0"
+    assert book["curves"].cell(2, 4).number_format == "0.00"  # knn_top1
+    assert runs.page_setup.orientation == "landscape" and runs.sheet_properties.pageSetUpPr.fitToPage
+    assert runs.page_setup.fitToHeight == 0 and 1 < runs.page_setup.fitToWidth <= 5
+    # openpyxl numbers print settings wrongly after a chartsheet: each must name the sheet it is stored for
+    names = re.findall(r'<definedName name="_xlnm.Print_\w+" localSheetId="(\d+)">\'(\w+)\'!',
+                       read_part(path, "xl/workbook.xml"))
+    assert len(names) > 5 and all(book.sheetnames[int(index)] == sheet for index, sheet in names)
+    assert runs.print_title_rows == "$1:$1" and runs.print_area == f"'runs'!$A$1:${runs[1][-1].column_letter}$2"
+
+    [arg_record] = records(book["args"])
+    assert arg_record["run_id"] == "r0001" and json.loads(arg_record["args"]) == LONG_ARGS
+    args_cell = book["args"].cell(2, rows(book["args"])[0].index("args") + 1)
+    assert args_cell.alignment.wrap_text and book["args"].column_dimensions[args_cell.column_letter].width >= 80
+    assert book["args"].row_dimensions[2].height >= 15 * 15  # tall enough for the wrapped lines
+
+
+def test_new_run_columns_round_trip_and_unknown_keys_still_refused(tmp_path):
+    columns = results.RUN_COLUMNS
+    for name, after in (("head", "arch"), ("policy", "aug"), ("seed", "world_size")):
+        assert columns.index(name) == columns.index(after) + 1
+    assert {"debias", "mochi", "method_options", "args"} <= set(columns)
+    path = tmp_path / "results.xlsx"
+    policy = [{"op": "ColorJitter", "p": 0.8, "magnitude": 0.4}, {"op": "HorizontalFlip", "p": 0.5}]
+    results.append_run(path, make_run(seed=3, head="mlp 2048-128", debias=0.1, mochi="N=1024 s=256 s'=256",
+                                      policy=policy, method_options={"moco_k": 4096}), [])
+    [record] = records(openpyxl.load_workbook(path)["runs"])
+    assert record["seed"] == 3 and record["head"] == "mlp 2048-128" and record["debias"] == 0.1
+    assert record["mochi"] == "N=1024 s=256 s'=256"
+    assert json.loads(record["policy"]) == policy and json.loads(record["method_options"]) == {"moco_k": 4096}
+    with pytest.raises(ValueError, match="polcy"):
+        results.append_run(path, make_run(polcy="x"), [])
+
+
+def test_summary_is_mean_and_sample_std_over_seeds(tmp_path):
+    path = tmp_path / "results.xlsx"
+    ours = [(0, 41.0, 43.0, 60.0), (1, 44.5, 45.0, 61.5), (2, 42.0, 46.25, None)]
+    for seed, final, best, linear in ours:
+        hardware = "cpu" if seed else "NVIDIA H100"  # hardware must not split a group
+        results.append_run(path, make_run(seed=seed, knn_top1_final=final, knn_top1_best=best, linear_top1=linear,
+                                          hardware=hardware), [])
+    results.append_run(path, make_run(aug="original", seed=0, knn_top1_final=40.0, knn_top1_best=40.5), [])
+    results.append_run(path, make_run(seed=0, epochs=200, knn_top1_final=80.0, knn_top1_best=float("nan")), [])
+
+    sheet = openpyxl.load_workbook(path)["summary"]
+    summary = {(r["dataset"], r["method"], r["aug"], r["epochs"]): r for r in records(sheet)}
+    assert len(summary) == 3
+
+    def mean_std(values):
+        mean = sum(values) / len(values)
+        return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+    group = summary[("synthetic", "moco", "ours", 3)]
+    assert group["runs"] == 3 and group["seeds"] == "0, 1, 2"
+    for metric, values in (("knn_top1_final", [41.0, 44.5, 42.0]), ("knn_top1_best", [43.0, 45.0, 46.25]),
+                           ("linear_top1", [60.0, 61.5])):
+        mean, std = mean_std(values)
+        assert group[f"{metric}_mean"] == pytest.approx(mean) and group[f"{metric}_std"] == pytest.approx(std)
+        assert group[f"{metric}_n"] == len(values)
+    single = summary[("synthetic", "moco", "original", 3)]
+    assert single["knn_top1_final_mean"] == 40.0 and single["knn_top1_final_std"] is None
+    assert single["knn_top1_final_n"] == 1 and single["linear_top1_mean"] is None and single["linear_top1_n"] == 0
+    long_run = summary[("synthetic", "moco", "ours", 200)]
+    assert long_run["knn_top1_best_n"] == 0 and long_run["knn_top1_final_mean"] == 80.0  # "nan" is not a number
+    mean_cell = sheet.cell(2, rows(sheet)[0].index("knn_top1_final_mean") + 1)
+    assert isinstance(mean_cell.value, (int, float)) and mean_cell.number_format == "0.00"
+
+
+def make_trials(study, n):
+    return [{"study": study, "trial": t, "policy": {"ops": [["Solarize", 0.2, 128]]}, "proxy_score": 40.0 + t,
+             "state": "COMPLETE", "seconds": 12.5 * t, "seed": 0} for t in range(n)]
+
+
+def test_search_trials_round_trip(tmp_path):
+    path = tmp_path / "results.xlsx"
+    results.append_run(path, make_run(), make_curves(2))
+    results.append_search_trials(path, make_trials("s1", 2))
+    results.append_search_trials(path, [{**make_trials("s2", 1)[0], "method": "simclr", "dataset": "cifar10",
+                                         "spec": "ours-clahe", "test_top1": 70.25, "state": "PRUNED"}])
+    book = openpyxl.load_workbook(path)
+    assert book.sheetnames[-2:] == ["search", "reference"] and len(records(book["runs"])) == 1
+    trials = records(book["search"])
+    assert rows(book["search"])[0] == results.SEARCH_COLUMNS
+    assert [(t["study"], t["trial"], t["proxy_score"], t["state"]) for t in trials] == [
+        ("s1", 0, 40.0, "COMPLETE"), ("s1", 1, 41.0, "COMPLETE"), ("s2", 0, 40.0, "PRUNED")]
+    assert json.loads(trials[0]["policy"]) == {"ops": [["Solarize", 0.2, 128]]} and trials[1]["seconds"] == 12.5
+    assert trials[2]["spec"] == "ours-clahe" and trials[2]["test_top1"] == 70.25 and trials[0]["method"] is None
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", trials[0]["time"])
+    for bad, word in (({**make_trials("s", 1)[0], "proxy": 1}, "proxy"), ({"study": "s", "trial": 0}, "policy")):
+        with pytest.raises(ValueError, match=word):
+            results.append_search_trials(path, [bad])
+    assert len(records(openpyxl.load_workbook(path)["search"])) == 3
+
+
+def test_search_trials_survive_a_failed_write(tmp_path, monkeypatch):
+    path = tmp_path / "results.xlsx"
+    results.append_search_trials(path, make_trials("s", 1))
+    before = path.read_bytes()
+    monkeypatch.setattr(os, "replace", lambda *args: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(UserError, match="unsaved-.*json"):
+        results.append_search_trials(path, make_trials("s", 3))
+    assert path.read_bytes() == before
+    [fallback] = tmp_path.glob("results.unsaved-*.json")
+    assert [t["trial"] for t in json.loads(fallback.read_text())["search_trials"]] == [0, 1, 2]
+
+
+def _append_after(barrier, path, kind):
     barrier.wait()
-    results.append_run(path, make_run(aug=aug), make_curves(2))
+    if kind == "search":
+        results.append_search_trials(path, make_trials("s", 2))
+    else:
+        results.append_run(path, make_run(aug=kind), make_curves(2))
 
 
-def test_concurrent_appends_both_land(tmp_path):
+def test_concurrent_appends_all_land(tmp_path):
     path = tmp_path / "results.xlsx"
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    barrier = context.Barrier(3)
-    workers = [context.Process(target=_append_after, args=(barrier, path, aug)) for aug in ("original", "ours")]
+    barrier = context.Barrier(4)
+    workers = [context.Process(target=_append_after, args=(barrier, path, kind))
+               for kind in ("original", "ours", "search")]
     for worker in workers:
         worker.start()
     barrier.wait()
     for worker in workers:
         worker.join(60)
         assert worker.exitcode == 0
-    runs = rows(openpyxl.load_workbook(path)["runs"])[1:]
-    assert sorted(r[0] for r in runs) == ["r0001", "r0002"]
-    assert sorted(r[6] for r in runs) == ["original", "ours"]
+    book = openpyxl.load_workbook(path)
+    runs = records(book["runs"])
+    assert sorted(r["run_id"] for r in runs) == ["r0001", "r0002"]
+    assert sorted(r["aug"] for r in runs) == ["original", "ours"] and len(records(book["search"])) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.xlsx"]
 
 
-def test_corrupt_workbook_is_moved_aside_not_lost(tmp_path):
+def test_corrupt_workbook_is_moved_aside_with_one_line_note(tmp_path, capfd):
     path = tmp_path / "results.xlsx"
     garbage = b"this is not a zip file\x00\xff" * 10
     path.write_bytes(garbage)
-    with pytest.warns(UserWarning, match="corrupt"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would print two lines with a source location
         run_id = results.append_run(path, make_run(), make_curves(1))
-    aside = list(tmp_path.glob("results.corrupt-*.xlsx"))
-    assert len(aside) == 1 and aside[0].read_bytes() == garbage
+    [aside] = tmp_path.glob("results.corrupt-*.xlsx")
+    assert aside.read_bytes() == garbage
     assert rows(openpyxl.load_workbook(path)["runs"])[1][0] == run_id
+    err = capfd.readouterr().err
+    assert err.endswith("\n") and err.count("\n") == 1
+    assert re.fullmatch(rf"note: {re.escape(str(path))} could not be read as a workbook \(.+\); "
+                        rf"moved it to {re.escape(str(aside))} and started a new one\n", err)
+
+
+def test_no_lock_file_is_left_beside_the_workbook(tmp_path):
+    path = tmp_path / "results.xlsx"
+    results.append_run(path, make_run(), make_curves(1))
+    results.append_search_trials(path, make_trials("s", 1))
+    assert [p.name for p in tmp_path.iterdir()] == ["results.xlsx"]
+    assert Path(results._lock(path).lock_file).parent == Path(tempfile.gettempdir())
+    assert results._lock(tmp_path / "." / "results.xlsx").lock_file == results._lock(path).lock_file != \
+        results._lock(tmp_path / "other.xlsx").lock_file
 
 
 def test_check_writable(tmp_path):
     results.check_writable(tmp_path / "new.xlsx")
-    assert not (tmp_path / "new.xlsx").exists() and list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
+    existing = tmp_path / "existing.xlsx"
+    existing.write_bytes(b"contents")
+    os.utime(existing, (1_000_000, 1_000_000))
+    results.check_writable(existing)
+    assert existing.read_bytes() == b"contents" and existing.stat().st_mtime == 1_000_000
+    assert [p.name for p in tmp_path.iterdir()] == ["existing.xlsx"]
     (tmp_path / "file").write_text("x")
     for bad in (tmp_path / "missing" / "r.xlsx", tmp_path, tmp_path / "file" / "r.xlsx"):
         with pytest.raises(UserError, match="results workbook"):
             results.check_writable(bad)
 
 
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc")
+def test_check_writable_refuses_proc_even_as_root():
+    with pytest.raises(UserError, match="results workbook /proc/results.xlsx: its directory /proc is not writable"):
+        results.check_writable("/proc/results.xlsx")
+
+
 @pytest.mark.skipif(getattr(os, "geteuid", lambda: -1)() == 0, reason="root ignores file permissions")
-def test_check_writable_read_only_dir(tmp_path):
+def test_check_writable_read_only_dir_and_file(tmp_path):
     (tmp_path / "ro").mkdir(mode=0o555)
     with pytest.raises(UserError, match="not writable"):
         results.check_writable(tmp_path / "ro" / "r.xlsx")
+    (tmp_path / "r.xlsx").write_bytes(b"x")
+    (tmp_path / "r.xlsx").chmod(0o444)
+    with pytest.raises(UserError, match="the file is not writable"):
+        results.check_writable(tmp_path / "r.xlsx")
 
 
 def test_failed_final_write_keeps_numbers_and_old_workbook(tmp_path, monkeypatch):
@@ -169,6 +345,24 @@ def test_user_columns_are_kept(tmp_path):
     assert runs[1][-1] == "my note" and runs[2][2] == "=not a formula"
 
 
+def test_an_older_workbook_takes_the_new_layout_until_it_has_runs(tmp_path):
+    old_columns = [c for c in results.RUN_COLUMNS if c not in ("head", "debias", "mochi", "policy", "seed",
+                                                               "method_options")]
+    empty, used = tmp_path / "empty.xlsx", tmp_path / "used.xlsx"
+    for path, data in ((empty, []), (used, [["r0001", "2024-01-01T00:00:00", "moco_augmented.py"]])):
+        book = openpyxl.Workbook()
+        book.active.title = "runs"
+        for values in [[*old_columns, "notes"], *data]:
+            book["runs"].append(values)
+        book.save(path)
+        results.append_run(path, make_run(seed=1), [])
+    assert rows(openpyxl.load_workbook(empty)["runs"])[0] == [*results.RUN_COLUMNS, "notes"]
+    header, first, second = rows(openpyxl.load_workbook(used)["runs"])
+    assert header == [*old_columns, "notes", "seed"]
+    assert first[:3] == ["r0001", "2024-01-01T00:00:00", "moco_augmented.py"]
+    assert second[0] == "r0002" and second[-1] == 1
+
+
 def test_unknown_key_is_a_programming_error(tmp_path):
     with pytest.raises(ValueError, match="knn_top_1"):
         results.append_run(tmp_path / "r.xlsx", make_run(knn_top_1=3.0), [])
@@ -179,3 +373,87 @@ def test_unknown_key_is_a_programming_error(tmp_path):
 
 def test_default_path_is_repo_root():
     assert results.default_path() == REPO / "results.xlsx"
+
+
+def test_published_table_matches_reference_md():
+    text = (REPO / "reference" / "REFERENCE.md").read_text()
+    published, header = [], []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if not cells or set(cells[0]) <= {"-"}:
+            header = [] if not cells else header
+        elif not header:
+            header = cells
+        elif "value" in header:  # "Other anchors": source, method, dataset, epochs, metric, value
+            published.append((int(cells[header.index("epochs")]), float(cells[header.index("value")])))
+        else:  # MoCo table: one value column per epoch count ("200 ep", ...)
+            published += [(int(h.split()[0]), float(c)) for h, c in zip(header[2:], cells[2:]) if c]
+    transcribed = [(row[4], float(row[6])) for row in results.PUBLISHED]
+    assert sorted(transcribed) == sorted(published) and len(published) == 14
+
+
+# --- in a real spreadsheet app: LibreOffice prints every sheet in order, the chartsheet on a page of its own ----------
+
+SOFFICE = shutil.which("soffice") or shutil.which("libreoffice")
+
+
+def render_pdf_pages(workbooks, tmp_path):
+    """Convert workbooks to PDF with LibreOffice headless; return {workbook: [text of each page]}."""
+    if not (SOFFICE and shutil.which("pdftoppm") and shutil.which("pdftotext")):
+        if os.environ.get("CI") == "true":
+            pytest.fail("LibreOffice (soffice) and poppler-utils (pdftoppm, pdftotext) are required under CI=true")
+        pytest.skip("needs LibreOffice (soffice) and poppler-utils; .ci/run installs them")
+    out = tmp_path / "pdf"
+    profile = (tmp_path / "lo-profile").as_uri()  # a private profile: concurrent soffice runs do not clash
+    subprocess.run([SOFFICE, f"-env:UserInstallation={profile}", "--headless", "--convert-to", "pdf", "--outdir",
+                    str(out), *map(str, workbooks)], check=True, capture_output=True, timeout=300)
+    pages = {}
+    for workbook in workbooks:
+        pdf = out / f"{Path(workbook).stem}.pdf"
+        text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True, text=True)
+        pages[workbook] = text.stdout.split("\f")[:-1]
+    return pages
+
+
+def rasterise(pdf, page, tmp_path):
+    from PIL import Image  # Pillow comes with torchvision
+
+    prefix = tmp_path / f"{pdf.stem}-page"
+    subprocess.run(["pdftoppm", "-png", "-r", "50", "-f", str(page), "-l", str(page), str(pdf), str(prefix)],
+                   check=True, timeout=120)
+    [png] = tmp_path.glob(f"{prefix.name}-*{page}.png")
+    return np.asarray(Image.open(png).convert("RGB")).astype(int)
+
+
+def ink_and_colour(pixels):
+    """Share of non-white pixels, and of coloured ones (the series lines; text, axes and grid are grey)."""
+    non_white = (pixels < 235).any(axis=-1).mean()
+    coloured = (pixels.max(axis=-1) - pixels.min(axis=-1) > 60).mean()
+    return non_white, coloured
+
+
+def test_workbook_renders_in_libreoffice(tmp_path, monkeypatch):
+    full, empty = tmp_path / "full.xlsx", tmp_path / "empty.xlsx"
+    for k, aug in enumerate(("original", "ours", "ours-clahe")):
+        results.append_run(full, make_run(aug=aug, epochs=30, args=LONG_ARGS, seed=k),
+                           [{"epoch": e, "loss": 7 - e / 10, "knn_top1": 30 + 12 * (1 - 0.9 ** e) + 2 * k}
+                            for e in range(1, 31)])
+    monkeypatch.setattr(results, "SEED_SERIES", [])
+    results.append_run(empty, make_run(args=LONG_ARGS), [])  # the same chart, with no series to draw
+    pages = render_pdf_pages([full, empty], tmp_path)
+
+    chart_pages = [[i for i, text in enumerate(pages[book], 1) if "kNN top-1 by epoch" in text]
+                   for book in (full, empty)]
+    assert all(len(found) == 1 for found in chart_pages), f"the chart's title is on pages {chart_pages}"
+    full_ink, full_colour = ink_and_colour(rasterise(tmp_path / "pdf" / "full.pdf", chart_pages[0][0], tmp_path))
+    empty_ink, empty_colour = ink_and_colour(rasterise(tmp_path / "pdf" / "empty.pdf", chart_pages[1][0], tmp_path))
+    assert full_ink > 0.01 and full_ink > empty_ink
+    assert full_colour > 0.002 and full_colour > 5 * empty_colour + 0.001, (full_colour, empty_colour)
+    legend = pages[full][chart_pages[0][0] - 1]
+    assert "r0003 moco synthetic ours-clahe" in legend and "seed study: 7 transforms" in legend
+
+    # The runs sheet comes first: a few pages, script not cut off, and the long args only on the `args` sheet
+    summary_page = next(i for i, text in enumerate(pages[full]) if "knn_top1_final_mean" in text)
+    assert 1 <= summary_page <= 5 and "moco_augmented.py" in pages[full][0]
+    assert not any("option_79" in text for text in pages[full][:summary_page])
+    assert any("option_79" in text for text in pages[full][summary_page:])

@@ -1,0 +1,94 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import cv2
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import preview
+from cli import UserError, run_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def source(tmp_path):
+    image = np.zeros((40, 30, 3), np.uint8)
+    image[..., 0] = np.linspace(0, 255, 30, dtype=np.uint8)
+    cv2.circle(image, (15, 20), 8, (0, 200, 255), -1)
+    cv2.imwrite(str(tmp_path / "in.png"), image)
+    return tmp_path / "in.png"
+
+
+def test_preview_cli(source, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    presets = ["original", "ours-clahe", "simclr", "ours:solarize.p=0.9,jitter.strength=0.8,clahe.clip=2"]
+    preview.main(["--image", str(source), "--preset", *presets, "--n", "3", "--tile", "64", "--out", str(out)])
+    grid = cv2.imread(str(out))
+    assert grid is not None and grid.shape == (4 * 64, preview.LABEL_WIDTH + (1 + 3) * 64, 3)
+    printed = capsys.readouterr().out
+    assert "solarize             p=0.9    threshold=0.5" in printed and "wrote" in printed
+    with pytest.raises(UserError, match="cannot read"):
+        preview.main(["--image", str(tmp_path / "missing.png"), "--out", str(out)])
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(UserError, match="cannot read image .*not an image"):
+        preview.main(["--image", str(tmp_path / "text.png"), "--out", str(out)])
+    with pytest.raises(UserError, match="unknown augmentation"):
+        preview.main(["--image", str(source), "--preset", "nope", "--out", str(out)])
+    with pytest.raises(UserError, match="must name a .png"):
+        preview.main(["--image", str(source), "--out", str(tmp_path / "grid.jpg")])
+
+
+def test_preview_of_a_policy_file_and_multicrop(source, tmp_path):
+    import augmentations as aug
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(aug.policy_to_json(aug.resolve_policy("ours:solarize.p=0.5", 32)))
+    out = tmp_path / "multi.png"
+    preview.main(["--image", str(source), "--preset", "simclr", str(policy), "--size", "32", "--n", "2",
+                  "--local-crops", "3", "--local-size", "16", "--tile", "64", "--out", str(out)])
+    grid = cv2.imread(str(out))
+    assert grid.shape == (2 * 64, preview.LABEL_WIDTH + (1 + 2) * 64 + 3 * 32, 3)
+    for top in (0, 64):  # a local view fills only the top half of its column
+        assert (grid[top + 34 : top + 64, -32:] == 255).all() and not (grid[top : top + 32, -32:] == 255).all()
+
+
+def test_preview_from_the_synthetic_dataset(tmp_path):
+    out = tmp_path / "synthetic.png"
+    preview.main(["--dataset", "synthetic", "--index", "3", "--preset", "ours", "--n", "2", "--out", str(out)])
+    assert cv2.imread(str(out)).shape == (96, preview.LABEL_WIDTH + 3 * 96, 3)
+    with pytest.raises(UserError, match="--index 5000 is outside"):
+        preview.main(["--dataset", "synthetic", "--index", "5000", "--out", str(out)])
+
+
+def test_long_labels_wrap():
+    tile = preview.label_tile("ours-clahe+blur:solarize.p=0.4,jitter.strength=0.6,blur.sigma_max=1.5", 96)
+    inked_rows = np.flatnonzero((tile < 128).any(axis=(1, 2)))
+    assert inked_rows.max() - inked_rows.min() > 20  # more than one line of text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "ours:solarize.p=2"], "error: 'solarize.p=2': a probability must be in [0, 1]"),
+    (["--n", "0"], "error: --n must be at least 1, --tile at least 8 and --local-crops at least 0"),
+    (["--bogus"], "error: unrecognized arguments: --bogus (see --help)"),
+    (["--local-crops", "2", "--preset", "supervised"], "error: multi-crop needs the random resized crop 'crop'"),
+])
+def test_user_errors_are_one_line_and_exit_2(tmp_path, source, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit:
+        run_main(lambda *_: preview.main(["--image", str(source), *argv, "--out", str(tmp_path / "v.png")]))
+    assert exit.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message)
+
+
+def test_script_error_exits_2(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "preview.py"), "--image", str(tmp_path / "missing.png"),
+                             "--out", str(tmp_path / "v.png")], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: cannot read image {tmp_path / 'missing.png'}: no such file"]
