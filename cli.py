@@ -7,13 +7,28 @@ class UserError(Exception):
     """Bad input from the command line or the disk: reported as one line, exit code 2, no traceback."""
 
 
+class ShowDefaults(argparse.HelpFormatter):
+    """--help shows every option's default (argparse's own formatter skips options without help text)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are UserErrors (one line, like every other bad input) and whose --help shows defaults."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", ShowDefaults)
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        if not kwargs.get("help") and kwargs.get("action") not in ("store_true", "store_false"):
+            kwargs["help"] = "default: %(default)s"  # argparse shows nothing for an option without help text
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message):
         raise UserError(f"{message} (see --help)")

@@ -11,6 +11,7 @@ import secrets
 import statistics
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -83,6 +84,34 @@ PUBLISHED = [
 ]
 SEED_SERIES = [("original_knn_top1", "seed study: original 4 transforms (82.19 @ ep 200)"),
                ("ours7_knn_top1", "seed study: 7 transforms (85.01 @ ep 200)")]
+
+
+def run_row(*, script, method, options, dataset_info, crop_size, views, optimizer, lr, precision, world_size, history,
+            linear, supervised, started, peak_gpu_mem_gb, hardware, run_dir, git_commit, data, policy=None,
+            **method_fields):
+    """The `runs` row of a finished run (keys from RUN_COLUMNS); method_fields: the method's own columns."""
+    few_classes = dataset_info.num_classes <= 10  # top-5 of 10 classes says little
+    knn = [r["knn_top1"] for r in history if r["knn_top1"] is not None]
+    return dict(
+        script=script, method=method, dataset=options.dataset, arch=options.arch, aug=options.aug, crops=views,
+        crop_size=crop_size, epochs=history[-1]["epoch"] if history else 0, batch_size=options.batch_size,
+        lr=lr, optimizer=optimizer, precision=precision, world_size=world_size, seed=options.seed,
+        knn_top1_final=_rounded(knn[-1] if knn else None), knn_top1_best=_rounded(max(knn, default=None)),
+        linear_top1=_rounded(linear[0]), linear_top5=None if few_classes else _rounded(linear[1]),
+        supervised_top1=_rounded(supervised[0]), wall_time_s=round(time.time() - started, 1),
+        images_per_s=round(sum(r["images_per_s"] for r in history) / len(history), 1) if history else None,
+        peak_gpu_mem_gb=peak_gpu_mem_gb, hardware=hardware, data=data, run_dir=str(run_dir), git_commit=git_commit,
+        policy=policy, args=json.dumps(vars(options), default=str), **method_fields)
+
+
+def curve_rows(history):
+    """The `curves` rows of a run's per-epoch history."""
+    return [dict(epoch=r["epoch"], loss=r["loss"], knn_top1=_rounded(r["knn_top1"]), lr=r["lr"],
+                 epoch_s=round(r["epoch_s"], 2)) for r in history]
+
+
+def _rounded(accuracy):
+    return None if accuracy is None else round(accuracy, 2)
 
 
 def default_path():
@@ -463,3 +492,4 @@ def _save_fallback(path, unsaved, error):
             continue
     print(json.dumps(record, default=str), file=sys.stderr)
     return "stderr (above)"
+

@@ -42,7 +42,7 @@ def parse_args(argv=None):
     option("knn_every", type=int, default=1, help="kNN monitor of the backbone every N epochs (0 = only at the end)")
     option("subset", type=int, default=None)
     option("workers", type=int, default=default_workers(),
-           help="loader workers per process (default: usable cores / processes on this node, at most 16)")
+           help="loader workers per process: usable cores / processes on this node, at most 16")
     option("precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     option("channels_last", type=str2bool, default=True)
     option("compile", type=str2bool, default=False, help="torch.compile the model (the first step compiles)")

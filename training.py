@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 import evaluation
 import results
-from augmentations import PRESETS, build_transform
+from augmentations import SPEC_HELP, build_transform, describe_policy, policy_to_json, resolve_policy
 from cli import UserError
 from datasets import DATASETS, check_crop_size, dataset_info, load_splits
 from loading import TransformDataset, default_workers, make_eval_loader, make_train_loader
@@ -158,12 +158,11 @@ def add_run_options(parser, method):
     p.add_argument("--subset", type=int, default=None, help="keep N training images (seeded)")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=512, help="total over all processes, as in facebookresearch/moco")
-    p.add_argument("--lr", type=float, default=None, help="base learning rate (default: the method's recipe)")
-    p.add_argument("--wd", type=float, default=None, help="weight decay (default: the method's recipe)")
-    p.add_argument("--aug", default="ours", help=f"augmentation preset ({', '.join(PRESETS)}) or ablation spec, "
-                                                 "e.g. ours-clahe, original+solarize")
+    p.add_argument("--lr", type=float, default=None, help="base learning rate (None: the recipe's)")
+    p.add_argument("--wd", type=float, default=None, help="weight decay (None: the recipe's)")
+    p.add_argument("--aug", default="ours", help=f"augmentation: {SPEC_HELP}")
     p.add_argument("--crops", type=int, default=2, help="views per image: 2, or 3 for triple crop")
-    p.add_argument("--crop-size", type=int, default=None, help="training crop size (downcrop); default: native size")
+    p.add_argument("--crop-size", type=int, default=None, help="training crop size (downcrop); None: the native size")
     p.add_argument("--stem", choices=["auto", "cifar", "imagenet"], default="auto")
     p.add_argument("--bn-splits", type=int, default=1, help="SplitBatchNorm on one device (ignored under DDP)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes under DDP")
@@ -177,14 +176,14 @@ def add_run_options(parser, method):
     p.add_argument("--linear-aug", dest="linear_protocol", action="store_const", const="lincls",
                    help="same as --linear-protocol lincls")
     p.add_argument("--workers", type=int, default=default_workers(),
-                   help="loader workers per process (default: usable cores / processes on this node, at most 16)")
+                   help="loader workers per process: usable cores / processes on this node, at most 16")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     p.add_argument("--channels-last", action="store_true", default=True, help="channels_last on CUDA")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the first step compiles)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default=None, help="checkpoint_last.pth of the run to continue (its options are kept)")
-    p.add_argument("--results-dir", default=None, help="run directory (default runs/<time>-<method>-<dataset>-<aug>)")
+    p.add_argument("--results-dir", default=None, help="run directory; None: runs/<time>-<method>-<dataset>-<aug>")
     p.add_argument("--results", default=str(results.default_path()), help="workbook every run appends to")
     method.add_options(p)
     p.set_defaults(**method.recipe)
@@ -422,7 +421,8 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
     optimizer_name, lr, wd, warmup = method.optimizer_recipe(opts)
     info = dataset_info(opts.dataset)
     crop_size = check_crop_size(info, opts.crop_size or info.image_size)
-    train_transform, eval_transform = build_transform(opts.aug, crop_size), build_transform("eval", crop_size)
+    policy = resolve_policy(opts.aug, crop_size)
+    train_transform, eval_transform = build_transform(policy, crop_size), build_transform("eval", crop_size)
     rt = setup_runtime(opts.precision, opts.seed, opts.channels_last, normalize=(info.mean, info.std))
     if rt.is_main:
         results.check_writable(opts.results)
@@ -482,6 +482,7 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
         print(f"{method.name} {opts.arch} on {opts.dataset} ({len(pretrain)} images, {crop_size}px, aug {opts.aug}, "
               f"{views} views) | {optimizer_name} lr {lr:.4g} | {rt.device} {rt.precision} x{rt.world_size} | "
               f"run dir {run_dir}")
+        print(describe_policy(policy))
 
     def checkpoint(epochs_done):
         return dict(format=CHECKPOINT_FORMAT, method=method.name, options=vars(opts), model=model.state_dict(),
@@ -523,43 +524,17 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
         supervised = evaluation.classification_accuracy(rt, model.predictor, test_loader)
         if rt.is_main and not quiet:
             print(f"test top-1 {supervised[0]:.2f}% (supervised baseline)")
-    record = run_row(
+    record = results.run_row(
         script=Path(sys.argv[0]).name, method=method.name, options=opts, dataset_info=info, crop_size=crop_size,
         views=views, optimizer=optimizer_name, lr=lr, precision=rt.precision, world_size=rt.world_size,
         history=log.history, linear=linear, supervised=supervised, started=started,
         peak_gpu_mem_gb=peak_gpu_memory_gb(rt), hardware=hardware_name(rt), run_dir=run_dir, git_commit=git_commit(),
-        data=f"{opts.dataset}: {len(pretrain)} train / {len(splits.test)} test images", **model.record_fields())
+        data=f"{opts.dataset}: {len(pretrain)} train / {len(splits.test)} test images", policy=policy_to_json(policy),
+        **model.record_fields())
     if rt.is_main:
-        record["run_id"] = results.append_run(opts.results, record, curve_rows(log.history))
+        record["run_id"] = results.append_run(opts.results, record, results.curve_rows(log.history))
         if not quiet:
             print(f"kNN top-1 final {record['knn_top1_final']}, best {record['knn_top1_best']} | "
                   f"results: {opts.results} (run {record['run_id']}) | run dir: {run_dir}")
     return record
 
-
-def run_row(*, script, method, options, dataset_info, crop_size, views, optimizer, lr, precision, world_size, history,
-            linear, supervised, started, peak_gpu_mem_gb, hardware, run_dir, git_commit, data, policy=None,
-            **method_fields):
-    """The `runs` row of a finished run (keys from RUN_COLUMNS); method_fields: the method's own columns."""
-    few_classes = dataset_info.num_classes <= 10  # top-5 of 10 classes says little
-    knn = [r["knn_top1"] for r in history if r["knn_top1"] is not None]
-    return dict(
-        script=script, method=method, dataset=options.dataset, arch=options.arch, aug=options.aug, crops=views,
-        crop_size=crop_size, epochs=history[-1]["epoch"] if history else 0, batch_size=options.batch_size,
-        lr=lr, optimizer=optimizer, precision=precision, world_size=world_size, seed=options.seed,
-        knn_top1_final=_rounded(knn[-1] if knn else None), knn_top1_best=_rounded(max(knn, default=None)),
-        linear_top1=_rounded(linear[0]), linear_top5=None if few_classes else _rounded(linear[1]),
-        supervised_top1=_rounded(supervised[0]), wall_time_s=round(time.time() - started, 1),
-        images_per_s=round(sum(r["images_per_s"] for r in history) / len(history), 1) if history else None,
-        peak_gpu_mem_gb=peak_gpu_mem_gb, hardware=hardware, data=data, run_dir=str(run_dir), git_commit=git_commit,
-        policy=policy, args=json.dumps(vars(options), default=str), **method_fields)
-
-
-def curve_rows(history):
-    """The `curves` rows of a run's per-epoch history."""
-    return [dict(epoch=r["epoch"], loss=r["loss"], knn_top1=_rounded(r["knn_top1"]), lr=r["lr"],
-                 epoch_s=round(r["epoch_s"], 2)) for r in history]
-
-
-def _rounded(accuracy):
-    return None if accuracy is None else round(accuracy, 2)
