@@ -37,8 +37,8 @@ class Method(nn.Module):
 
     @staticmethod
     def optimizer_recipe(opts):
-        """(optimizer name, lr, weight decay, warm-up epochs) for these options; None lr/wd fall back to the recipe's."""
-        return opts.optimizer, opts.lr, opts.wd, 0.0
+        """(optimizer name, lr, weight decay, warm-up epochs) for these options."""
+        return "sgd", opts.lr, opts.wd, 0.0
 
     lr_per_epoch = False  # the lr is set once per epoch (MoCo demo) instead of every step
 
@@ -130,10 +130,6 @@ class MoCo(Method):
                 raise UserError(f"--mochi S and S' must be >= 0, got {s} and {s_prime}")
         if opts.mochi_start < 0:
             raise UserError(f"--mochi-start must be >= 0, got {opts.mochi_start}")
-
-    @staticmethod
-    def optimizer_recipe(opts):
-        return "sgd", opts.lr, opts.wd, 0.0
 
     def __init__(self, opts, num_classes, cifar_stem, bn_splits):
         super().__init__()
@@ -287,7 +283,30 @@ class Supervised(Method):
         return F.cross_entropy(self.classifier(self.backbone(images)), labels)
 
 
-METHODS = {method.name: method for method in (MoCo, SimCLR, Supervised)}
+class RawPixels(Method):
+    """Not a learner: the eval-transformed pixels themselves as features, the floor any method must clear on the same
+    kNN / linear-probe protocol. Only with --epochs 0."""
+    name = "pixels"
+    recipe = dict(epochs=0, aug="eval", linear_protocol="probe")
+    views = 1
+
+    @staticmethod
+    def check_options(opts):
+        if opts.epochs != 0:
+            raise UserError(f"--method pixels has nothing to train: it needs --epochs 0, got {opts.epochs}")
+        if opts.linear_protocol != "probe":
+            raise UserError("--method pixels is evaluated with --linear-protocol probe only")
+
+    def __init__(self, opts, num_classes, cifar_stem, bn_splits):
+        super().__init__()
+        self.backbone = nn.Flatten()
+
+    @property
+    def monitor_encoder(self):
+        return self.backbone
+
+
+METHODS = {method.name: method for method in (MoCo, SimCLR, Supervised, RawPixels)}
 
 
 def get_method(name):

@@ -92,6 +92,7 @@ def run_row(*, script, method, options, dataset_info, crop_size, views, optimize
     """The `runs` row of a finished run (keys from RUN_COLUMNS); method_fields: the method's own columns."""
     few_classes = dataset_info.num_classes <= 10  # top-5 of 10 classes says little
     knn = [r["knn_top1"] for r in history if r["knn_top1"] is not None]
+    trained = [r for r in history if r["epoch"] > 0]  # epoch 0: the network evaluated at initialisation
     return dict(
         script=script, method=method, dataset=options.dataset, arch=options.arch, aug=options.aug, crops=views,
         crop_size=crop_size, epochs=history[-1]["epoch"] if history else 0, batch_size=options.batch_size,
@@ -99,7 +100,7 @@ def run_row(*, script, method, options, dataset_info, crop_size, views, optimize
         knn_top1_final=_rounded(knn[-1] if knn else None), knn_top1_best=_rounded(max(knn, default=None)),
         linear_top1=_rounded(linear[0]), linear_top5=None if few_classes else _rounded(linear[1]),
         supervised_top1=_rounded(supervised[0]), wall_time_s=round(time.time() - started, 1),
-        images_per_s=round(sum(r["images_per_s"] for r in history) / len(history), 1) if history else None,
+        images_per_s=round(sum(r["images_per_s"] for r in trained) / len(trained), 1) if trained else None,
         peak_gpu_mem_gb=peak_gpu_mem_gb, hardware=hardware, data=data, run_dir=str(run_dir), git_commit=git_commit,
         policy=policy, args=json.dumps(vars(options), default=str), **method_fields)
 

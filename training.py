@@ -156,7 +156,10 @@ def add_run_options(parser, method):
     p.add_argument("--download", action="store_true", default=True, help="download torchvision datasets if absent")
     p.add_argument("--no-download", dest="download", action="store_false")
     p.add_argument("--subset", type=int, default=None, help="keep N training images (seeded)")
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--val-size", type=int, default=0,
+                   help="hold out N labelled training images (seeded, stratified): the kNN monitor and linear "
+                        "evaluation then score on them, never on the test set (what a search optimises)")
+    p.add_argument("--epochs", type=int, default=200, help="0 evaluates the network at initialisation (a baseline)")
     p.add_argument("--batch-size", type=int, default=512, help="total over all processes, as in facebookresearch/moco")
     p.add_argument("--lr", type=float, default=None, help="base learning rate (None: the recipe's)")
     p.add_argument("--wd", type=float, default=None, help="weight decay (None: the recipe's)")
@@ -203,7 +206,9 @@ def default_options(method, **overrides):
 
 def check_options(method, opts):
     """One clear line for every impossible value, before anything is built or read."""
-    for name in ("epochs", "batch_size", "knn_k"):
+    if opts.epochs < 0:
+        raise UserError(f"--epochs must be >= 0 (0 = evaluate the network at initialisation), got {opts.epochs}")
+    for name in ("batch_size", "knn_k"):
         if getattr(opts, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(opts, name)}")
     for name in ("lr", "knn_t"):
@@ -212,6 +217,8 @@ def check_options(method, opts):
     for name in ("wd", "linear_epochs", "workers", "knn_every"):
         if getattr(opts, name) is not None and getattr(opts, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(opts, name)}")
+    if opts.val_size < 0:
+        raise UserError(f"--val-size must be >= 0, got {opts.val_size}")
     if opts.subset is not None and opts.subset <= 0:
         raise UserError(f"--subset must be > 0, got {opts.subset}")
     if opts.bn_splits < 1:
@@ -436,8 +443,10 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
     if batch % bn_splits:
         raise UserError(f"the batch of {batch} per process does not split into --bn-splits {bn_splits} equal parts")
 
-    splits = load_splits(opts.dataset, opts.data_dir, download=opts.download, subset=opts.subset, seed=opts.seed)
+    splits = load_splits(opts.dataset, opts.data_dir, download=opts.download, subset=opts.subset, seed=opts.seed,
+                         val_size=opts.val_size)
     info = splits.info
+    scored = splits.val if opts.val_size else splits.test  # what the monitor and linear evaluation score on
     pretrain = splits.memory if method.needs_labels else splits.pretrain  # STL-10: train+unlabeled vs train
     if opts.batch_size > len(pretrain):
         raise UserError(f"--batch-size {opts.batch_size} is larger than the {len(pretrain)} training images")
@@ -445,7 +454,7 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
     train_loader = make_train_loader(rt, TransformDataset(pretrain, train_transform, n_views=views), batch,
                                      opts.workers, opts.seed)
     memory_loader = make_eval_loader(rt, TransformDataset(splits.memory, eval_transform), batch, opts.workers)
-    test_loader = make_eval_loader(rt, TransformDataset(splits.test, eval_transform), batch, opts.workers)
+    test_loader = make_eval_loader(rt, TransformDataset(scored, eval_transform), batch, opts.workers)
 
     cifar_stem = {"auto": not info.imagenet_stem, "cifar": True, "imagenet": False}[opts.stem]
     model = method(opts, info.num_classes, cifar_stem, bn_splits).to(rt.device)
@@ -453,8 +462,8 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(optimizer_name, model.trainable_parameters(), lr, wd,
-                                foreach=rt.device.type == "cuda" or None)
+    trained = model.trainable_parameters()
+    optimizer = build_optimizer(optimizer_name, trained, lr, wd, foreach=rt.device.type == "cuda" or None) if trained else None
     if method.lr_per_epoch:
         lr_fn = lambda t: demo_lr(int(t), lr, opts.epochs, opts.cos, opts.schedule)  # noqa: E731
     else:
@@ -480,7 +489,7 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
         train_model = torch.compile(train_model)
     if rt.is_main and not quiet:
         print(f"{method.name} {opts.arch} on {opts.dataset} ({len(pretrain)} images, {crop_size}px, aug {opts.aug}, "
-              f"{views} views) | {optimizer_name} lr {lr:.4g} | {rt.device} {rt.precision} x{rt.world_size} | "
+              f"{views} views) | {optimizer_name} lr {lr or 0:.4g} | {rt.device} {rt.precision} x{rt.world_size} | "
               f"run dir {run_dir}")
         print(describe_policy(policy))
 
@@ -512,6 +521,10 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
                 log.history[-1]["knn_top1"] = metrics["knn_top1"]
             break
 
+    if opts.epochs == 0 and not log.history:  # the network at initialisation, on the same protocol
+        log.add(epoch=0, loss=float("nan"), lr=0.0, epoch_s=0.0, images_per_s=0.0,
+                knn_top1=evaluation.knn_top1(rt, model.monitor_encoder, memory_loader, test_loader, info.num_classes,
+                                             opts.knn_k, opts.knn_t))
     linear = (None, None)
     if opts.linear_epochs:
         linear = linear_evaluation(rt, opts, model.backbone, splits, info.num_classes, crop_size, batch,
@@ -529,7 +542,8 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
         views=views, optimizer=optimizer_name, lr=lr, precision=rt.precision, world_size=rt.world_size,
         history=log.history, linear=linear, supervised=supervised, started=started,
         peak_gpu_mem_gb=peak_gpu_memory_gb(rt), hardware=hardware_name(rt), run_dir=run_dir, git_commit=git_commit(),
-        data=f"{opts.dataset}: {len(pretrain)} train / {len(splits.test)} test images", policy=policy_to_json(policy),
+        data=f"{opts.dataset}: {len(pretrain)} train / " + (f"{len(scored)} validation images (scored instead of test)"
+                                                             if opts.val_size else f"{len(scored)} test images"), policy=policy_to_json(policy),
         **model.record_fields())
     if rt.is_main:
         record["run_id"] = results.append_run(opts.results, record, results.curve_rows(log.history))

@@ -122,7 +122,7 @@ def test_supervised_loss_is_cross_entropy_and_predictor_classifies():
     assert model(images, labels).item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", [name for name in METHODS if name != "pixels"])
 def test_every_method_names_its_encoders_and_trains_only_what_it_should(name):
     method = METHODS[name]
     model = method(method_options(method, bn_splits=1), 10, True, 1)

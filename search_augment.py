@@ -1,0 +1,254 @@
+"""Augmentation search (Optuna) and grids over augmentation specs, on short proxy runs of the one run path.
+
+    # search: TPE over the ops of augmentations.SEARCH_SPACE, pruned on the per-epoch validation kNN
+    python search_augment.py --method moco --dataset synthetic --subset 256 --epochs 2 --trials 4 \
+        --storage sqlite:///search.db --study demo --out search-demo --results results.xlsx
+    # grid: every spec with N seeds, mean ± std, plus the random-init and raw-pixel baselines
+    python search_augment.py --method moco --dataset synthetic --epochs 2 --grid original ours ours-clahe --seeds 2 \
+        --baselines --out grid-demo
+
+A search scores each trial by kNN top-1 on a validation split carved from the training set (--val-size, seeded and
+stratified), never on the test set; the test set is read once at the end, to re-check the best policy against the
+base. The study lives in an Optuna storage: several processes (or machines sharing a PostgreSQL URL) running the same
+command work on one study, and a killed search continues when the command is run again.
+"""
+import copy
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import training
+from augmentations import SEARCH_SPACE, policy_from_params, policy_to_json, resolve_policy
+from cli import ArgumentParser, UserError, parse_with_given, run_main
+from datasets import dataset_info
+from methods import METHODS, RawPixels, get_method
+from results import append_search_trials
+
+
+def parse_args(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    choose = ArgumentParser(add_help=False)
+    choose.add_argument("--method", default="moco", choices=[name for name in METHODS if name != "pixels"])
+    method = get_method(choose.parse_known_args(argv)[0].method)
+    p = training.add_run_options(ArgumentParser(description=__doc__.split("\n")[0], parents=[choose]), method)
+    p.add_argument("--trials", type=int, default=20, help="trials of the study in all (over every process)")
+    p.add_argument("--storage", default="sqlite:///search.db", help="Optuna storage URL (SQLite, PostgreSQL, ...)")
+    p.add_argument("--study", default=None, help="study name; None: <method>-<dataset>")
+    p.add_argument("--out", default=None, help="folder for trial policies, runs, plots, best.json; None: search-<study>")
+    p.add_argument("--base", default="original", help="the policy the search space is laid over and compared with")
+    p.add_argument("--grid", nargs="+", default=None, metavar="SPEC", help="evaluate these specs instead of searching")
+    p.add_argument("--seeds", type=int, default=1, help="grid: seeds per spec (0, 1, ...)")
+    p.add_argument("--baselines", action="store_true",
+                   help="grid: also the network at initialisation and raw pixels, on the same protocol")
+    p.set_defaults(epochs=2, linear_epochs=0, knn_every=1)
+    options, given = parse_with_given(p, argv)
+    if options.grid is None and "val_size" not in given:
+        options.val_size = 250  # the search's validation split; the grid scores on the test set unless asked
+    options.study = options.study or f"{method.name}-{options.dataset}"
+    options.out = Path(options.out or f"search-{options.study}")
+    if options.trials < 1 or options.seeds < 1:
+        raise UserError("--trials and --seeds must be >= 1")
+    return method, options
+
+
+def run_options(options, **changes):
+    """The options of one proxy run: the search's own options dropped, the run's set."""
+    opts = copy.copy(options)
+    for name in ("trials", "storage", "study", "out", "base", "grid", "seeds", "baselines", "method"):
+        delattr(opts, name)
+    for name, value in changes.items():
+        setattr(opts, name, value)
+    return opts
+
+
+# ---------------------------------------------------------------- grid
+
+def grid(method, options):
+    """Every spec x seed (and the baselines), each run once: a rerun of the same command skips the finished ones."""
+    out, done_path = options.out, options.out / "grid.json"
+    out.mkdir(parents=True, exist_ok=True)
+    done = json.loads(done_path.read_text()) if done_path.exists() else {}
+    jobs = [(method, spec, seed, {}) for spec in options.grid for seed in range(options.seeds)]
+    if options.baselines:
+        jobs += [(method, "random init", seed, {"epochs": 0, "aug": "eval"}) for seed in range(options.seeds)]
+        jobs += [(RawPixels, "raw pixels", 0, {"epochs": 0, "aug": "eval", "linear_protocol": "probe"})]
+    for number, (job_method, label, seed, changes) in enumerate(jobs):
+        key = f"{label} seed {seed}"
+        if key in done:
+            print(f"grid: {key} done before (run {done[key]['run_id']}), skipped")
+            continue
+        run_dir = out / "runs" / f"{label.replace(' ', '_')}-seed{seed}"
+        opts = run_options(options, **{"aug": label, "seed": seed, "results_dir": str(run_dir), **changes})
+        if (run_dir / "checkpoint_last.pth").exists():  # a killed run of this grid: continue it
+            opts.resume = str(run_dir / "checkpoint_last.pth")
+        started = time.time()
+        record = training.run(job_method, opts)
+        done[key] = dict(label=label, seed=seed, run_id=record.get("run_id"), run_dir=str(run_dir),
+                         knn_top1_final=record["knn_top1_final"], knn_top1_best=record["knn_top1_best"],
+                         linear_top1=record["linear_top1"])
+        done_path.write_text(json.dumps(done, indent=1))
+        append_search_trials(options.results, [dict(
+            study=options.study, trial=number, policy=record["policy"], proxy_score=record["knn_top1_final"],
+            state="COMPLETE", seconds=round(time.time() - started, 1), method=job_method.name,
+            dataset=options.dataset, spec=label, seed=seed)])
+    table = grid_table(done, [*options.grid, *(["random init", "raw pixels"] if options.baselines else [])])
+    (out / "grid.md").write_text(table + "\n")
+    print(table)
+    plot_grid_curves(done, options.grid, out / "grid_knn.png", options)
+    return done
+
+
+def mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def grid_table(done, labels):
+    rows = ["| spec | seeds | kNN top-1 final | kNN top-1 best | linear top-1 |", "|---|---|---|---|---|"]
+    for label in labels:
+        runs = [r for r in done.values() if r["label"] == label]
+        rows.append(f"| {label} | {len(runs)} | " + " | ".join(
+            mean_std([r[key] for r in runs]) for key in ("knn_top1_final", "knn_top1_best", "linear_top1")) + " |")
+    return "\n".join(rows)
+
+
+def plot_grid_curves(done, specs, path, options):
+    """kNN top-1 by epoch, the mean over seeds of each spec (from each run's log.csv)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for spec in specs:
+        curves = {}
+        for run in (r for r in done.values() if r["label"] == spec):
+            for row in csv.DictReader(open(Path(run["run_dir"]) / "log.csv")):
+                if row["knn_top1"]:
+                    curves.setdefault(int(row["epoch"]), []).append(float(row["knn_top1"]))
+        epochs = sorted(curves)
+        ax.plot(epochs, [statistics.mean(curves[e]) for e in epochs], marker="o", label=spec)
+    ax.set(xlabel="epoch", ylabel="kNN top-1 (%), mean over seeds",
+           title=f"{options.dataset}: kNN top-1 by augmentation spec ({options.seeds} seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- search
+
+def suggest_params(trial):
+    """One point of SEARCH_SPACE: each op on/off (crop always on), then its p and magnitudes when on."""
+    params = {}
+    for op, space in SEARCH_SPACE.items():
+        on = trial.suggest_categorical(f"{op}.on", [True, False]) if "on" in space else True
+        params[f"{op}.on"] = on
+        if on:
+            for name, (low, high) in space.items():
+                if name != "on":
+                    params[f"{op}.{name}"] = trial.suggest_float(f"{op}.{name}", low, high)
+    return params
+
+
+def search(method, options):
+    import optuna
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    out = options.out
+    (out / "trials").mkdir(parents=True, exist_ok=True)
+    storage = options.storage
+    if storage.startswith(("sqlite:", "postgresql:", "mysql:")):  # heartbeats: a killed trial is failed, then retried
+        storage = RDBStorage(storage, heartbeat_interval=30, grace_period=90,
+                             failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+    study = optuna.create_study(study_name=options.study, storage=storage, load_if_exists=True, direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=options.seed),
+                                pruner=optuna.pruners.SuccessiveHalvingPruner())
+    size = options.crop_size or dataset_info(options.dataset).image_size
+
+    def objective(trial):
+        policy = policy_from_params(suggest_params(trial), base=options.base, size=size)
+        policy_file = out / "trials" / f"trial-{trial.number:04d}.json"
+        policy_file.write_text(policy_to_json(policy))
+        trial.set_user_attr("policy", policy_to_json(policy))
+        started = time.time()
+
+        def report(epoch, metrics):
+            trial.report(metrics["knn_top1"], epoch)
+            if trial.should_prune():
+                record_trial(options, trial.number, policy, metrics["knn_top1"], "PRUNED", started)
+                raise optuna.TrialPruned()
+
+        opts = run_options(options, aug=str(policy_file), results_dir=str(out / "runs" / f"trial-{trial.number:04d}"))
+        try:
+            score = training.run(method, opts, on_epoch=report, quiet=True)["knn_top1_final"]
+        except UserError as error:  # a policy that cannot run: recorded as failed, the search goes on
+            record_trial(options, trial.number, policy, None, "FAIL", started)
+            raise optuna.TrialPruned(str(error)) from error
+        record_trial(options, trial.number, policy, score, "COMPLETE", started)
+        print(f"trial {trial.number}: validation kNN top-1 {score:.2f}")
+        return score
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=options.trials,
+                   callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=finished)])
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        raise UserError(f"study {options.study} has no completed trial (all pruned or failed)")
+    best = study.best_trial
+    (out / "best.json").write_text(best.user_attrs["policy"])
+    base_score = study.user_attrs.get("base_score")
+    if base_score is None:  # the base policy on the same proxy, once per study
+        opts = run_options(options, aug=options.base, results_dir=str(out / "runs" / "base-validation"))
+        base_score = training.run(method, opts, quiet=True)["knn_top1_final"]
+        study.set_user_attr("base_score", base_score)
+    plot_study(study, out)
+    test = {name: training.run(method, run_options(options, aug=aug, val_size=0, results_dir=str(out / "runs" / name)),
+                               quiet=True)["knn_top1_final"]
+            for name, aug in (("best-test", str(out / "best.json")), ("base-test", options.base))}
+    print(f"best policy {out / 'best.json'}: {best.user_attrs['policy']}")
+    print(f"proxy (validation kNN top-1): best {best.value:.2f} vs base '{options.base}' {base_score:.2f}, ratio "
+          f"{best.value / max(base_score, 1e-9):.3f} | test re-check: best {test['best-test']:.2f} vs base "
+          f"{test['base-test']:.2f} | {len(completed)} completed of {len(study.trials)} trials")
+    return study
+
+
+def record_trial(options, number, policy, score, state, started):
+    append_search_trials(options.results, [dict(
+        study=options.study, trial=number, policy=policy_to_json(policy), proxy_score=score, state=state,
+        seconds=round(time.time() - started, 1), method=options.method, dataset=options.dataset, spec="search")])
+
+
+def plot_study(study, out):
+    """Optimisation history and parameter importances, as PNGs (Optuna's matplotlib visualisation)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    for name, plot in (("history", plots.plot_optimization_history), ("importances", plots.plot_param_importances)):
+        try:
+            axes = plot(study)
+        except (ValueError, RuntimeError) as error:  # importances need 2+ completed trials with varied params
+            print(f"note: no {name} plot ({error})")
+            continue
+        axes.figure.set_size_inches(8, 5)
+        axes.figure.tight_layout()
+        axes.figure.savefig(out / f"{name}.png", dpi=110)
+        plt.close(axes.figure)
+
+
+def main(argv=None):
+    method, options = parse_args(argv)
+    resolve_policy(options.base, 32)  # a bad base is one line before anything runs
+    return grid(method, options) if options.grid else search(method, options)
+
+
+if __name__ == "__main__":
+    run_main(main)
