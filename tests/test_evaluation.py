@@ -52,3 +52,24 @@ def test_linear_probe_separates_linearly_separable_features():
     rt = setup_runtime("fp32")
     top1, top5 = linear_probe(rt, lambda b: b, loader, loader, 4, epochs=20, batch_size=64, lr=1e-2)
     assert top1 > 95 and top5 is None
+
+
+def test_every_evaluation_runs_the_network_in_eval_mode_and_restores_its_mode():
+    """BatchNorm in training mode would normalise each eval batch by its own statistics (and SplitBatchNorm would
+    crash on a ragged last batch): features must come from eval mode whatever mode the caller left."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from evaluation import extract_features
+    from models import SplitBatchNorm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), SplitBatchNorm(4, num_splits=4), torch.nn.Flatten())
+    net(torch.randn(16, 3, 6, 6))  # some running statistics
+    images, labels = torch.randn(10, 3, 6, 6), torch.arange(10)  # 10 = batches of 4, 4 and a ragged 2
+    rt = setup_runtime("fp32")
+    net.train()
+    feats, _ = extract_features(rt, net, DataLoader(TensorDataset(images, labels), batch_size=4), normalize=False)
+    assert net.training  # the caller's mode is back
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(feats, net(images), atol=1e-6)

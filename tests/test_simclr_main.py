@@ -1,36 +1,27 @@
 """End-to-end runs of simclr_main.py (contrastive and supervised) on synthetic data (CPU)."""
-import openpyxl
 import pytest
 import torch
+from conftest import error_of, sheet_rows
 
 import simclr_main
-from lars import LARS
-from test_moco_augmented import error_of
-from training import lr_at
 
 TINY = ["-dataset", "synthetic", "-subset", "64", "-batch_size", "32", "-workers", "0", "-finetune_epochs", "1"]
-
-
-def rows(path, sheet="runs"):
-    ws = openpyxl.load_workbook(path)[sheet]
-    header = [c.value for c in ws[1]]
-    return [dict(zip(header, [c.value for c in row])) for row in ws.iter_rows(min_row=2)]
 
 
 def test_both_modes_land_side_by_side_in_the_workbook(tmp_path, capsys):
     results = str(tmp_path / "results.xlsx")
     simclr_main.main([*TINY, "-epoch", "2", "-results", results, "-results_dir", str(tmp_path / "simclr")])
     out = capsys.readouterr().out
-    assert "test top-1" in out and "output head on the SimCLR backbone" in out
+    assert "linear evaluation (finetune) top-1" in out
     simclr_main.main([*TINY, "--contrastive", "False", "--epoch", "1", "--results", results,
                       "--results_dir", str(tmp_path / "supervised")])
-    assert "supervised baseline" in capsys.readouterr().out
-    contrastive, supervised = rows(results)
+    assert "test top-1" in capsys.readouterr().out
+    contrastive, supervised = sheet_rows(results)
     assert contrastive["method"] == "simclr" and contrastive["aug"] == "simclr" and contrastive["optimizer"] == "adam"
     assert contrastive["linear_top1"] is not None and contrastive["supervised_top1"] is None
     assert supervised["method"] == "supervised" and supervised["aug"] == "supervised"
     assert supervised["supervised_top1"] is not None and supervised["linear_top1"] is None
-    assert [r["run_id"] for r in rows(results, "curves")] == [contrastive["run_id"]] * 2 + [supervised["run_id"]]
+    assert [r["run_id"] for r in sheet_rows(results, "curves")] == [contrastive["run_id"]] * 2 + [supervised["run_id"]]
     assert (tmp_path / "simclr" / "checkpoint_last.pth").exists()
 
 
@@ -38,40 +29,37 @@ def test_both_modes_land_side_by_side_in_the_workbook(tmp_path, capsys):
 def test_each_optimizer_runs(tmp_path, optimizer):
     simclr_main.main([*TINY, "-epoch", "1", "-optimizer", optimizer, "-base_model", "18", "-finetune_epochs", "0",
                       "-results", str(tmp_path / "r.xlsx"), "-results_dir", str(tmp_path / "run")])
-    (row,) = rows(tmp_path / "r.xlsx")
+    (row,) = sheet_rows(tmp_path / "r.xlsx")
     assert row["optimizer"] == optimizer
     if optimizer == "lars":
         assert row["lr"] == pytest.approx(0.3 * 32 / 256)  # lr = 0.3 × batch / 256
 
 
-def test_lars_schedule_and_parameter_exclusion():
-    args = simclr_main.parse_args(["-optimizer", "lars", "-batch_size", "512"])
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
-    optimizer, lr = simclr_main.build_optimizer(args, model)
-    assert isinstance(optimizer, LARS) and lr == pytest.approx(0.6)
-    assert optimizer.param_groups[0]["weight_decay"] == 1e-6
-    assert optimizer.exclude(model[0].bias) and optimizer.exclude(model[1].weight) and not optimizer.exclude(model[0].weight)
-    # 10 warm-up epochs from 0, then cosine to 0 over the remaining 90
-    assert lr_at(0, 0.6, 100, warmup_epochs=10) == 0
-    assert lr_at(5, 0.6, 100, warmup_epochs=10) == pytest.approx(0.3)
-    assert lr_at(10, 0.6, 100, warmup_epochs=10) == pytest.approx(0.6)
-    assert lr_at(55, 0.6, 100, warmup_epochs=10) == pytest.approx(0.3)
-    assert lr_at(100, 0.6, 100, warmup_epochs=10) == pytest.approx(0.0, abs=1e-12)
+def test_lars_recipe_scales_lr_with_batch_and_warms_up():
+    from methods import simclr_optimizer_recipe
+    args, _ = simclr_main.parse_args(["-optimizer", "lars", "-batch_size", "512", "-epoch", "100"])
+    assert simclr_optimizer_recipe(args) == ("lars", pytest.approx(0.6), 1e-6, 10.0)
+    args, _ = simclr_main.parse_args(["-optimizer", "lars", "-batch_size", "512", "-epoch", "20"])
+    assert simclr_optimizer_recipe(args)[3] == 2.0  # a tenth of a run shorter than 100 epochs
+    args, _ = simclr_main.parse_args(["-optimizer", "adam", "-lr", "0.01", "-wd", "0"])
+    assert simclr_optimizer_recipe(args) == ("adam", 0.01, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("value,expected", [("True", True), ("false", False), ("1", True), ("0", False),
                                             ("yes", True), ("no", False)])
 def test_contrastive_flag_spellings(value, expected):
-    assert simclr_main.parse_args(["-contrastive", value]).contrastive is expected
+    assert simclr_main.parse_args(["-contrastive", value])[0].contrastive is expected
 
 
 @pytest.mark.parametrize("extra,message", [
     (["-dataset", "mnist"], "unknown dataset"),
     (["-base_model", "34"], "invalid choice"),
     (["-contrastive", "maybe"], "expected True/False"),
-    (["-epoch", "0"], "-epoch must be > 0"),
-    (["-lr", "0"], "-lr must be > 0"),
-    (["-workers", "-1"], "-workers must be >= 0"),
+    (["-epoch", "-1"], "--epochs must be >= 0"),
+    (["-lr", "0"], "--lr must be > 0"),
+    (["-wd", "-1"], "--wd must be >= 0"),
+    (["-workers", "-1"], "--workers must be >= 0"),
+    (["-finetune_epochs", "-1"], "--linear-epochs must be >= 0"),
     (["-subset", "16"], "larger than the 16 training images"),
     (["-results", "/nonexistent-dir/r.xlsx"], "r.xlsx"),
 ])
@@ -86,7 +74,18 @@ def test_resume_refuses_a_moco_checkpoint(tmp_path, capsys):
                          "--bn-splits", "2", "--workers", "0", "--linear-epochs", "0", "--epochs", "1", "--knn-every",
                          "0", "--results", str(tmp_path / "r.xlsx"), "--results-dir", str(tmp_path / "moco")])
     line = error_of([*TINY, "-resume", str(tmp_path / "moco" / "checkpoint_last.pth")], capsys, simclr_main.main)
-    assert "does not match" in line and "script='moco'" in line
+    assert "is a moco run, not simclr" in line
+
+
+def test_logged_lr_is_the_lr_of_each_epochs_last_step(tmp_path):
+    """SimCLR sets the lr every step (cosine); the log, as MoCo's, holds the lr of the epoch's last step."""
+    import csv
+    import math
+    simclr_main.main([*TINY, "-epoch", "2", "-finetune_epochs", "0", "-knn_every", "0", "-results",
+                      str(tmp_path / "r.xlsx"), "-results_dir", str(tmp_path / "run")])
+    lrs = [float(r["lr"]) for r in csv.DictReader(open(tmp_path / "run" / "log.csv"))]
+    steps = 2  # 64 images in batches of 32; the last step of epoch e starts at e + 1/2
+    assert lrs == pytest.approx([3e-4 * 0.5 * (1 + math.cos(math.pi * (e + (steps - 1) / steps) / 2)) for e in (0, 1)])
 
 
 def test_supervised_baseline_beats_chance_by_a_wide_margin(tmp_path):
@@ -94,7 +93,7 @@ def test_supervised_baseline_beats_chance_by_a_wide_margin(tmp_path):
     simclr_main.main(["-dataset", "synthetic", "-contrastive", "False", "-epoch", "2", "-batch_size", "32", "-lr",
                       "1e-3", "-workers", "0", "-knn_every", "0", "-results", str(tmp_path / "r.xlsx"),
                       "-results_dir", str(tmp_path / "run")])
-    (row,) = rows(tmp_path / "r.xlsx")
+    (row,) = sheet_rows(tmp_path / "r.xlsx")
     assert row["supervised_top1"] > 20, row["supervised_top1"]
 
 
@@ -102,7 +101,7 @@ def test_supervised_baseline_beats_chance_by_a_wide_margin(tmp_path):
 def test_compile_flag_compiles_the_trained_model(tmp_path, monkeypatch, script):
     """The wiring only: a real torch.compile takes minutes on CPU (BENCHMARKS.md has the measured run)."""
     import moco_augmented
-    from models import MoCo, SimCLR
+    from methods import MoCo, SimCLR
 
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
