@@ -1,0 +1,59 @@
+"""cli.py: one-line errors (also from a DataLoader worker), explicit-option detection, defaults in --help."""
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cli import ArgumentParser, UserError, one_line, parse_with_given, run_main
+
+
+class Broken(Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        raise UserError("cannot decode image /data/x.png (corrupt or not an image): replace or delete it")
+
+
+def test_a_user_error_raised_in_a_loader_worker_becomes_its_own_line(capsys):
+    with pytest.raises(UserError) as wrapped:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert "DataLoader worker" in str(wrapped.value)  # what torch hands back: the worker's whole traceback
+    assert one_line(wrapped.value) == "cannot decode image /data/x.png (corrupt or not an image): replace or delete it"
+
+    def main():
+        next(iter(DataLoader(Broken(), num_workers=1)))
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err == "error: cannot decode image /data/x.png (corrupt or not an image): " \
+                                               "replace or delete it\n"
+
+
+def parser():
+    p = ArgumentParser()
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--subset", type=int, default=None, help="keep N images")
+    p.add_argument("--fast", action="store_true")
+    p.set_defaults(epochs=100)
+    return p
+
+
+def test_parse_with_given_tells_explicit_options_from_defaults():
+    options, given = parse_with_given(parser(), ["--subset", "5"])
+    assert (options.epochs, options.subset, options.fast) == (100, 5, False) and given == {"subset"}
+    options, given = parse_with_given(parser(), ["--epochs", "100", "--fast"])
+    assert given == {"epochs", "fast"}  # given, even when equal to the default
+    assert parse_with_given(parser(), [])[1] == set()
+
+
+def test_help_shows_every_default_and_bad_options_are_user_errors(capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "default: 100" in out and "keep N images" in out
+    with pytest.raises(UserError, match="invalid int value"):
+        parser().parse_args(["--epochs", "x"])
+    with pytest.raises(UserError, match="unrecognized arguments"):
+        parser().parse_args(["--epoch", "3"])  # no abbreviations
+    assert torch.__version__
