@@ -29,17 +29,16 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.transforms import v2
 
-import moco_augmented
-import simclr_main
 from augmentations import build_ops, build_transform
-from datasets import (TransformDataset, dataset_info, load_splits, make_eval_loader, make_train_loader, synthetic_images,
-                      usable_cores)
+from cli import ArgumentParser, run_main
+from datasets import dataset_info, load_splits, synthetic_images
 from evaluation import knn_predict, knn_top1
-from losses import nt_xent
-from models import MoCo, SimCLR
-from training import ArgumentParser, Runtime, run_main, setup_runtime, train_epoch
+from loading import TransformDataset, make_train_loader, usable_cores
+from methods import MoCo, SimCLR
+from training import Runtime, build_loaders, build_model, default_options, setup_runtime, train_epoch
 
-DEMO = moco_augmented.parse_args([])  # the default MoCo recipe (the CIFAR demo's): aug, crops, batch, workers, model
+DEMO = default_options(MoCo)  # the default MoCo recipe (the CIFAR demo's): aug, crops, batch, workers, model
+SIMCLR = default_options(SimCLR)  # simclr_main.py's defaults: ResNet-18, Adam, NT-Xent
 PRESETS = ("original", "ours", "simclr")
 # torchvision v2 counterpart of each op of augmentations.OPS, built from the Albumentations op's own parameters
 TORCHVISION_OPS = {
@@ -185,36 +184,30 @@ def bench_loader(args, device):
     return views_per_s.get(DEMO.workers)
 
 
+def method_step(rt, method, options, compiled=False, bn_splits=1):
+    """A method with its recipe's optimizer, built as training.run builds it (compiled: as --compile); returns
+    (the method, its optimizer, the module the step calls)."""
+    optimizer_name, lr, wd, _ = method.optimizer_recipe(options)
+    model, optimizer = build_model(rt, method, options, 10, True, bn_splits, optimizer_name, lr, wd)
+    return model, optimizer, torch.compile(model) if compiled else model
+
+
 def moco_demo(rt, compiled=False, bn_splits=DEMO.bn_splits):
-    """The MoCo CIFAR demo's model and optimizer, from moco_augmented.py's defaults (compiled: as --compile)."""
-    d = DEMO
-    model = MoCo(d.arch, d.moco_dim, d.moco_k, d.moco_m, d.moco_t, True, bn_splits, d.symmetric, d.mlp or None)
-    model = model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=d.lr, momentum=0.9, weight_decay=d.wd,
-                                foreach=rt.device.type == "cuda" or None)
-    net = torch.compile(model) if compiled else model
-    return model, optimizer, lambda views, labels: net(views)
+    return method_step(rt, MoCo, DEMO, compiled, bn_splits)
 
 
 def simclr_default(rt, compiled=False):
-    """SimCLR with simclr_main.py's defaults (ResNet-18, Adam)."""
-    s = simclr_main.parse_args([])
-    model = SimCLR(f"resnet{s.base_model}", 10, s.projection_dim)
-    model = model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
-    model.output_head.requires_grad_(False)
-    optimizer, _ = simclr_main.build_optimizer(s, model)
-    net = torch.compile(model) if compiled else model
-    return model, optimizer, lambda views, labels: nt_xent(net(views[0]), net(views[1]), s.temperature)
+    return method_step(rt, SimCLR, SIMCLR, compiled)
 
 
-def steps_per_second(rt, model, optimizer, loss_fn, batch, warmup, steps):
+def steps_per_second(rt, model, net, optimizer, batch, warmup, steps):
     """training.train_epoch (the scripts' own step, normalisation on the device included) over one pinned two-view
     uint8 batch repeated."""
     views = [torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8) for _ in range(2)]
     views = [v.pin_memory() for v in views] if rt.device.type == "cuda" else views  # as the loader's pin_memory
     batches = [(views, torch.zeros(batch, dtype=torch.long))]
     keep_lr = lambda t: optimizer.param_groups[0]["lr"]
-    train = lambda n: train_epoch(rt, model, batches * n, optimizer, loss_fn, keep_lr, 0, 1)
+    train = lambda n: train_epoch(rt, net, model, batches * n, optimizer, keep_lr, 0, 1)
     if warmup:
         train(warmup)  # cudnn.benchmark picks its kernels here
     return steps / timed(rt.device, lambda: train(steps))
@@ -241,16 +234,16 @@ def bench_step(args, device):
         free_memory(device)
         rt = setup_runtime(precision, 0, channels_last, normalize=(info.mean, info.std))
         rt.channels_last = channels_last  # timed on CPU too, where the scripts leave it off
-        model, optimizer, loss_fn = build(rt, compiled)
+        model, optimizer, net = build(rt, compiled)
         if compiled:  # the first step compiles
-            compile_s = timed(device, lambda: steps_per_second(rt, model, optimizer, loss_fn, args.batch_size, 0, 1))
-        rate = steps_per_second(rt, model, optimizer, loss_fn, args.batch_size, args.warmup, args.steps)
+            compile_s = timed(device, lambda: steps_per_second(rt, model, net, optimizer, args.batch_size, 0, 1))
+        rate = steps_per_second(rt, model, net, optimizer, args.batch_size, args.warmup, args.steps)
         row(name, f"{bn_splits} splits" if bn_splits > 1 else "plain", precision, "on" if channels_last else "off",
             f"on (first step {compile_s:.0f} s)" if compiled else "off", f"{rate * args.batch_size:,.0f}",
             f"{1000 / rate:.0f}", peak_memory(device))
         if name == "MoCo" and bn_splits == DEMO.bn_splits:
             moco_best = max(moco_best, rate * args.batch_size)
-        del model, optimizer, loss_fn
+        del model, optimizer, net
     if not cuda:
         print("\nfp32 only: mixed precision needs a CUDA GPU.")
     elif torch.backends.cudnn.allow_tf32:
@@ -265,19 +258,17 @@ def bench_epoch(args, device):
     splits = load_splits("synthetic", synthetic_size=(n, max(n // 5, batch)))
     info = splits.info
     rt = setup_runtime(d.precision, d.seed, d.channels_last, normalize=(info.mean, info.std))
-    eval_transform = build_transform("eval", info.image_size)
-    train_set = TransformDataset(splits.pretrain, build_transform(d.aug, info.image_size), d.crops)
-    train_loader = make_train_loader(rt, train_set, batch, d.workers, d.seed)
-    memory_loader = make_eval_loader(rt, TransformDataset(splits.memory, eval_transform), batch, d.workers)
-    test_loader = make_eval_loader(rt, TransformDataset(splits.test, eval_transform), batch, d.workers)
+    train_loader, memory_loader, test_loader = build_loaders(
+        rt, d, build_transform(d.aug, info.image_size), build_transform("eval", info.image_size), d.crops,
+        splits.pretrain, splits.memory, splits.test, batch)
     free_memory(device)
-    model, optimizer, loss_fn = moco_demo(rt)
-    monitor = lambda: knn_top1(rt, model.encoder_q.eval(), memory_loader, test_loader, info.num_classes,
+    model, optimizer, net = moco_demo(rt)
+    monitor = lambda: knn_top1(rt, model.monitor_encoder, memory_loader, test_loader, info.num_classes,
                                d.knn_k, d.knn_t)
     monitor_s = []
     for epoch in range(2):  # the first pays for worker start-up, cudnn.benchmark's kernel search, reading the eval set
         train_loader.sampler.set_epoch(epoch)
-        train_s = timed(device, lambda: train_epoch(rt, model, train_loader, optimizer, loss_fn, lambda t: d.lr,
+        train_s = timed(device, lambda: train_epoch(rt, net, model, train_loader, optimizer, lambda t: d.lr,
                                                     epoch, 2))
         monitor_s.append(timed(device, monitor))
     table(f"Default MoCo recipe, one epoch (2nd of 2) on synthetic: aug '{d.aug}', {d.crops} crops, batch {batch}, "

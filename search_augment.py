@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--storage", default="sqlite:///search.db", help="Optuna storage URL (SQLite, PostgreSQL, ...)")
     p.add_argument("--study", default=None, help="study name; None: <method>-<dataset>")
     p.add_argument("--out", default=None, help="folder for trial policies, runs, plots, best.json; None: search-<study>")
+    p.add_argument("--prune-below", type=float, default=None, metavar="SCORE",
+                   help="also prune a trial whose validation kNN top-1 falls below SCORE at any epoch")
     p.add_argument("--base", default="original", help="the policy the search space is laid over and compared with")
     p.add_argument("--grid", nargs="+", default=None, metavar="SPEC", help="evaluate these specs instead of searching")
     p.add_argument("--seeds", type=int, default=1, help="grid: seeds per spec (0, 1, ...)")
@@ -57,7 +59,7 @@ def parse_args(argv=None):
 def run_options(options, **changes):
     """The options of one proxy run: the search's own options dropped, the run's set."""
     opts = copy.copy(options)
-    for name in ("trials", "storage", "study", "out", "base", "grid", "seeds", "baselines", "method"):
+    for name in ("trials", "storage", "study", "out", "base", "grid", "seeds", "baselines", "method", "prune_below"):
         delattr(opts, name)
     for name, value in changes.items():
         setattr(opts, name, value)
@@ -180,7 +182,8 @@ def search(method, options):
 
         def report(epoch, metrics):
             trial.report(metrics["knn_top1"], epoch)
-            if trial.should_prune():
+            below = options.prune_below is not None and metrics["knn_top1"] < options.prune_below
+            if below or trial.should_prune():
                 record_trial(options, trial.number, policy, metrics["knn_top1"], "PRUNED", started)
                 raise optuna.TrialPruned()
 
@@ -200,7 +203,8 @@ def search(method, options):
                    callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=finished)])
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
-        raise UserError(f"study {options.study} has no completed trial (all pruned or failed)")
+        print(f"study {options.study}: no completed trial yet ({len(study.trials)} pruned or failed)")
+        return study
     best = study.best_trial
     (out / "best.json").write_text(best.user_attrs["policy"])
     base_score = study.user_attrs.get("base_score")

@@ -5,6 +5,7 @@ or, with -contrastive False, the same ResNet trained on labels (the supervised b
     python simclr_main.py -contrastive False -epoch 50     # supervised baseline
 """
 import training
+from augmentations import SPEC_HELP
 from cli import ArgumentParser, parse_with_given, run_main, str2bool
 from datasets import DATASETS
 from loading import default_workers
@@ -37,7 +38,7 @@ def parse_args(argv=None):
     option("dataset", default="cifar10", help=f"one of: {', '.join(DATASETS)}")
     option("data_dir", default="data")
     option("download", type=str2bool, default=True)
-    option("aug", default=None, help="pretraining preset or ablation spec (default simclr; supervised mode: supervised)")
+    option("aug", default=None, help=f"pretraining augmentation (None: simclr; supervised mode: supervised): {SPEC_HELP}")
     option("crop_size", type=int, default=None)
     option("knn_every", type=int, default=1, help="kNN monitor of the backbone every N epochs (0 = only at the end)")
     option("subset", type=int, default=None)

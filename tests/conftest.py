@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pickle  # noqa: E402
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import openpyxl  # noqa: E402
 import pytest  # noqa: E402
@@ -123,3 +124,22 @@ def write_cifar100(root, n_train=6, n_test=3):
     write_py2_pickle(folder / "meta", {b"fine_label_names": [Py2Str(b"f%d" % i) for i in range(100)],
                                        b"coarse_label_names": [Py2Str(b"c%d" % i) for i in range(20)]})
     return train_images, train_labels, test_images, test_labels
+
+
+# --- ImageFolder trees ------------------------------------------------------------------------------------------
+
+def write_image(path, rgb, ext=".png"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path.with_suffix(ext)), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def pure(colour, size=20):
+    return np.broadcast_to(np.array(colour, np.uint8), (size, size, 3)).copy()
+
+
+def write_image_folder(root, classes=("n01", "n02")):
+    for split, count in [("train", 3), ("val", 2)]:
+        for label, wnid in enumerate(classes):
+            for i in range(count):
+                write_image(root / split / wnid / f"{i}", pure((255, 0, 0) if label == 0 else (0, 0, 255)),
+                            ".png" if i % 2 == 0 else ".JPEG")

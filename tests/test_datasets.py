@@ -15,7 +15,7 @@ import torchvision
 
 import datasets as D
 from cli import UserError
-from conftest import RNG, Py2Str, cifar_batch, error_of, random_images, write_cifar10, write_cifar100, write_py2_pickle  # noqa: F401
+from conftest import RNG, Py2Str, pure, write_image, write_image_folder, cifar_batch, error_of, random_images, write_cifar10, write_cifar100, write_py2_pickle  # noqa: F401
 
 @pytest.fixture
 def no_debian_fashion(tmp_path, monkeypatch):
@@ -117,23 +117,6 @@ def test_stl10_round_trip(tmp_path, trust_checksums):
 
 
 # --- ImageFolder / TinyImageNet ----------------------------------------------------------------------------
-
-
-def write_image(path, rgb, ext=".png"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path.with_suffix(ext)), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-
-def pure(colour, size=20):
-    return np.broadcast_to(np.array(colour, np.uint8), (size, size, 3)).copy()
-
-
-def write_image_folder(root, classes=("n01", "n02")):
-    for split, count in [("train", 3), ("val", 2)]:
-        for label, wnid in enumerate(classes):
-            for i in range(count):
-                write_image(root / split / wnid / f"{i}", pure((255, 0, 0) if label == 0 else (0, 0, 255)),
-                            ".png" if i % 2 == 0 else ".JPEG")
 
 
 @pytest.mark.parametrize("name", ["imagenet100", "imagefolder"])

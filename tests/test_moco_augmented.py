@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import error_of, sheet_rows, write_cifar10
+from conftest import error_of, sheet_rows, write_cifar10, write_image_folder
 
 import methods
 import moco_augmented
@@ -29,7 +29,7 @@ def log_of(run_dir):
 
 
 def test_synthetic_run_writes_run_dir_and_workbook(tmp_path, capsys):
-    run_dir = run(tmp_path, "--crops", "3", "--symmetric", epochs=2)
+    run_dir = run(tmp_path, "--crops", "3", "--symmetric", "--mochi", "8", "4", "2", "--debias", "0.1", epochs=2)
     assert {"args.json", "log.csv", "checkpoint_last.pth", "checkpoint_best.pth"} <= {p.name for p in run_dir.iterdir()}
     (start,) = json.loads((run_dir / "args.json").read_text())["starts"]
     assert start["options"]["crops"] == 3 and start["options"]["symmetric"] is True
@@ -39,7 +39,7 @@ def test_synthetic_run_writes_run_dir_and_workbook(tmp_path, capsys):
     assert row["method"] == "moco" and row["dataset"] == "synthetic" and row["head"] == "linear 128"
     assert row["aug"] == "ours" and row["crops"] == 3 and row["epochs"] == 2 and row["world_size"] == 1
     assert 0 <= row["knn_top1_final"] <= 100 and 0 <= row["linear_top1"] <= 100 and row["precision"] == "fp32"
-    assert row["seed"] == 0 and row["debias"] == 0
+    assert row["seed"] == 0 and row["debias"] == 0.1 and row["mochi"] == "8 4 2"
     assert len(sheet_rows(tmp_path / "results.xlsx", "curves")) == 2
     out = capsys.readouterr().out
     assert "epoch    2 | loss" in out and "kNN top-1" in out and "linear evaluation (probe) top-1" in out
@@ -160,6 +160,16 @@ def test_missing_data_names_the_archive(tmp_path, capsys):
     data_file = tmp_path / "file"
     data_file.write_text("x")
     assert "file" in error_of(["--dataset", "cifar10", "--data-dir", str(data_file)], capsys, moco_augmented.main)
+
+
+def test_a_corrupt_image_read_by_a_loader_worker_is_one_line(tmp_path, capsys):
+    write_image_folder(tmp_path / "folder", classes=("a", "b", "c", "d"))
+    (tmp_path / "folder" / "train" / "b" / "1.JPEG").write_bytes(b"not a jpeg")
+    line = error_of(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "folder"), "--crop-size", "16",
+                     "--batch-size", "4", "--bn-splits", "2", "--moco-k", "8", "--workers", "1", "--epochs", "1",
+                     "--results", str(tmp_path / "r.xlsx"), "--results-dir", str(tmp_path / "run")],
+                    capsys, moco_augmented.main)
+    assert "1.JPEG" in line and "DataLoader worker" not in line
 
 
 def test_bad_checkpoints(tmp_path, capsys):
