@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.transforms import v2
 
-from augmentations import build_ops, build_transform
+from augmentations import MultiView, build_ops, build_transform
 from cli import ArgumentParser, run_main
 from datasets import dataset_info, load_splits, synthetic_images
 from evaluation import knn_predict, knn_top1
@@ -259,7 +259,7 @@ def bench_epoch(args, device):
     info = splits.info
     rt = setup_runtime(d.precision, d.seed, d.channels_last, normalize=(info.mean, info.std))
     train_loader, memory_loader, test_loader = build_loaders(
-        rt, d, build_transform(d.aug, info.image_size), build_transform("eval", info.image_size), d.crops,
+        rt, d, MultiView(build_transform(d.aug, info.image_size), d.crops), build_transform("eval", info.image_size),
         splits.pretrain, splits.memory, splits.test, batch)
     free_memory(device)
     model, optimizer, net = moco_demo(rt)

@@ -8,23 +8,28 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from augmentations import MultiView
+from augmentations import MultiCrop, MultiView
 from datasets import ImageDataset
 
 EVAL_CACHE_BYTES = 2 * 2**30  # eval sets up to this size after the eval transform are kept in memory (CIFAR: 0.18 GB)
 
 
 class TransformDataset(Dataset):
-    """Applies an Albumentations transform (ending in ToTensorV2) to each image, n_views times for multi-view.
+    """Applies an Albumentations transform (ending in ToTensorV2) to each image, n_views times for multi-view (one
+    tensor per image when n_views is 1); or a views object (MultiView, MultiCrop), which gives each image its list of
+    views. The default collate batches a list of views position by position, so multi-crop's global and local
+    positions may differ in size: a batch is then a list of per-view batches.
 
     An index may come as (index, draw_key) from EpochSampler: the augmentations are then drawn from an RNG seeded by
     that key, so they depend on (seed, epoch, index) only, not on the worker that serves them or on a resume.
     """
 
     def __init__(self, base: ImageDataset, transform, n_views: int = 1):
-        self.base, self.transform, self.n_views = base, transform, n_views
-        self.views = MultiView(transform, n_views)
-        self.labels = base.labels
+        if isinstance(transform, (MultiView, MultiCrop)):
+            self.views, self.single = transform, False
+        else:
+            self.views, self.single = MultiView(transform, n_views), n_views == 1
+        self.base, self.labels = base, base.labels
 
     def __len__(self):
         return len(self.base)
@@ -33,10 +38,10 @@ class TransformDataset(Dataset):
         index, draw_key = item if isinstance(item, tuple) else (item, None)
         if draw_key is not None:  # Albumentations 2.x draws from its own generators, not numpy's global state
             rng = np.random.default_rng(draw_key)
-            self.transform.set_random_state(rng, random.Random(int(rng.bit_generator.random_raw())))
+            self.views.set_random_state(rng, random.Random(int(rng.bit_generator.random_raw())))
         image, label = self.base[index]
         views = self.views(image)
-        return (views[0] if self.n_views == 1 else views), label
+        return (views[0] if self.single else views), label
 
 
 class EpochSampler(DistributedSampler):

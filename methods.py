@@ -5,10 +5,14 @@ A method is an nn.Module built from its options that
 - gives the loss of a batch of views from `forward(views, labels)`, with any per-step work inside (MoCo's momentum
   update and queue);
 - names the encoder its kNN monitor reads (`monitor_encoder`) and the backbone linear evaluation freezes (`backbone`);
-- says which parameters its optimizer trains (`trainable_parameters`).
+- says which parameters its optimizer trains (`trainable_parameters`, grouped by `param_groups` where a group needs its
+  own optimizer settings);
+- says whether it can train on multi-crop's local crops (`local_crops_ok`).
 training.run(method, options) does everything else. Adding a method means adding a class here and to METHODS.
 """
 import copy
+import itertools
+import math
 
 import torch
 import torch.distributed as dist
@@ -16,7 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cli import UserError
-from losses import debiased_infonce, mochi_negatives, moco_infonce, nt_xent
+from losses import (byol_loss, debiased_infonce, mochi_negatives, moco_infonce, negative_cosine, nt_xent, sinkhorn,
+                    swav_loss)
 from models import build_backbone, gather_all, projection_head
 from optim import OPTIMIZERS
 
@@ -26,6 +31,7 @@ class Method(nn.Module):
     recipe = {}  # defaults of the shared options in this method's published recipe
     views = None  # views per training image; None: the --crops option
     needs_labels = False  # trains on the labelled split (STL-10's unlabelled images are skipped)
+    local_crops_ok = False  # trains on multi-crop's local crops (--local-crops) besides the --crops global views
 
     @staticmethod
     def add_options(parser):
@@ -48,8 +54,12 @@ class Method(nn.Module):
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
 
+    def param_groups(self):
+        """The optimizer's parameter groups: all trainable parameters in one, with the optimizer's settings."""
+        return [dict(params=self.trainable_parameters())]
+
     def record_fields(self):
-        """This method's own columns of the workbook row (head, debias, mochi, ...) and its options."""
+        """This method's own columns of the workbook row (head, debias, mochi, method_options) and its options."""
         return {}
 
 
@@ -306,7 +316,282 @@ class RawPixels(Method):
         return self.backbone
 
 
-METHODS = {method.name: method for method in (MoCo, SimCLR, Supervised, RawPixels)}
+
+# ---------------------------------------------------------------- BYOL, SimSiam, SwAV
+
+LARS_ETA = 0.02  # solo-learn's CIFAR recipes (scripts/pretrain/cifar/byol.yaml, swav.yaml); lars.LARS defaults to 0.001
+
+
+def lars_recipe(opts, base_lr):
+    """LARS at base_lr x batch/256 (--lr sets the lr itself) with the recipe's weight decay, 10 warm-up epochs (a tenth
+    of a run shorter than 100 epochs, as SimCLR's LARS recipe here), cosine per step."""
+    return "lars", opts.lr or base_lr * opts.batch_size / 256, opts.wd, min(10.0, opts.epochs / 10)
+
+
+def check_positive(opts, *names):
+    for name in names:
+        if getattr(opts, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(opts, name)}")
+
+
+class BYOL(Method):
+    """BYOL (Grill et al. 2020): the online network (backbone, projector, predictor) predicts the target network's
+    projection of the other view; the target (backbone, projector) is the online network's exponential moving average
+    and gets no gradient. loss = 2 - 2·cos(p1, sg(z'2)) + 2 - 2·cos(p2, sg(z'1))  (losses.byol_loss).
+
+    tau rises from --tau-base to 1 on a cosine of the global step k of the run's K steps:
+    tau = 1 - (1 - tau_base)·(cos(πk/K) + 1)/2. The update that follows optimizer step k-1 runs at the start of step k,
+    with tau_k (as MoCo's momentum update). tau is a buffer, so a compiled forward is not recompiled for every value.
+
+    CIFAR recipe of solo-learn (vturrisi/solo-learn, scripts/pretrain/cifar/byol.yaml): ResNet-18; projector 4096-256
+    and predictor 4096-256 (Linear-BN-ReLU-Linear); tau 0.99 -> 1; LARS lr 1.0 x batch/256, wd 1e-5, eta 0.02, biases
+    and BN excluded from decay and adaptation; warm-up (10 epochs) then cosine; batch 256; 1000 epochs.
+    """
+    name = "byol"
+    recipe = dict(epochs=1000, batch_size=256, wd=1e-5, aug="simclr")
+    views = 2
+
+    @staticmethod
+    def add_options(p):
+        p.add_argument("--proj-hidden", type=int, default=4096, help="projector hidden width")
+        p.add_argument("--proj-dim", type=int, default=256, help="projection (and prediction) width")
+        p.add_argument("--pred-hidden", type=int, default=4096, help="predictor hidden width")
+        p.add_argument("--tau-base", type=float, default=0.99, help="target EMA rate at the first step; rises to 1")
+
+    @staticmethod
+    def check_options(opts):
+        check_positive(opts, "proj_hidden", "proj_dim", "pred_hidden")
+        if not 0 <= opts.tau_base <= 1:
+            raise UserError(f"--tau-base must be in [0, 1], got {opts.tau_base}")
+
+    @staticmethod
+    def optimizer_recipe(opts):
+        return lars_recipe(opts, 1.0)
+
+    def __init__(self, opts, num_classes, cifar_stem, bn_splits):
+        super().__init__()
+        backbone = build_backbone(opts.arch, cifar_stem, bn_splits)
+        self.online = nn.Sequential(backbone, projection_head(backbone.feat_dim, opts.proj_dim, opts.proj_hidden))
+        # Not `predictor`: the run path reads that name as a supervised classifier to score.
+        self.prediction_mlp = projection_head(opts.proj_dim, opts.proj_dim, opts.pred_hidden)
+        self.target = copy.deepcopy(self.online)
+        self.target.requires_grad_(False)
+        self.tau_base = opts.tau_base
+        self.register_buffer("tau", torch.tensor(opts.tau_base))
+        self.head = f"mlp {opts.proj_hidden}-{opts.proj_dim}, predictor {opts.pred_hidden}-{opts.proj_dim}"
+
+    @property
+    def backbone(self):
+        return self.online[0]
+
+    @property
+    def monitor_encoder(self):
+        return self.online[0]
+
+    def param_groups(self):
+        return [dict(params=self.trainable_parameters(), eta=LARS_ETA)]
+
+    def record_fields(self):
+        return dict(head=self.head, method_options=dict(tau_base=self.tau_base))
+
+    def before_step(self, epoch, step, steps_per_epoch, epochs):
+        k, total = epoch * steps_per_epoch + step, epochs * steps_per_epoch
+        self.tau.fill_(1 - (1 - self.tau_base) * (math.cos(math.pi * k / total) + 1) / 2)
+
+    @torch.no_grad()
+    def update_target(self):
+        target, online = list(self.target.parameters()), list(self.online.parameters())
+        torch._foreach_mul_(target, self.tau)
+        torch._foreach_add_(target, torch._foreach_mul(online, 1 - self.tau))
+
+    def forward(self, views, labels=None):
+        self.update_target()
+        p1, p2 = (self.prediction_mlp(self.online(v)) for v in views)
+        with torch.no_grad():
+            z1, z2 = (self.target(v) for v in views)
+        return byol_loss(p1, z2) + byol_loss(p2, z1)
+
+
+class SimSiam(Method):
+    """SimSiam (Chen & He 2021): one encoder (backbone + projector) and a predictor; each view's prediction is pulled
+    towards the other view's projection under a stop-gradient: loss = -cos(p1, sg(z2))/2 - cos(p2, sg(z1))/2
+    (losses.negative_cosine detaches z). No momentum encoder and no negatives: the stop-gradient prevents collapse.
+
+    The paper's CIFAR-10 variant (Appendix D): ResNet-18 with the CIFAR stem; projector of 2 layers of 2048
+    (Linear-BN-ReLU, then Linear-BN without ReLU); predictor 2048-512-2048 (BN + ReLU in its hidden layer); SGD lr
+    0.03 x batch/256, momentum 0.9, wd 5e-4, cosine per step; batch 512; 800 epochs. The predictor's lr follows the
+    same schedule (the paper's optional fixed predictor lr is not implemented).
+    """
+    name = "simsiam"
+    recipe = dict(epochs=800, batch_size=512, wd=5e-4, aug="simclr")
+    views = 2
+
+    @staticmethod
+    def add_options(p):
+        p.add_argument("--proj-dim", type=int, default=2048, help="projector width (both layers)")
+        p.add_argument("--pred-hidden", type=int, default=512, help="predictor bottleneck width")
+
+    @staticmethod
+    def check_options(opts):
+        check_positive(opts, "proj_dim", "pred_hidden")
+
+    @staticmethod
+    def optimizer_recipe(opts):
+        return "sgd", opts.lr or 0.03 * opts.batch_size / 256, opts.wd, 0.0
+
+    def __init__(self, opts, num_classes, cifar_stem, bn_splits):
+        super().__init__()
+        self.backbone = build_backbone(opts.arch, cifar_stem, bn_splits)
+        width, hidden = opts.proj_dim, opts.pred_hidden
+        # No bias before a BatchNorm (it would be cancelled); the output BN has no affine parameters, as the
+        # official code's.
+        self.projector = nn.Sequential(
+            nn.Linear(self.backbone.feat_dim, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+            nn.Linear(width, width, bias=False), nn.BatchNorm1d(width, affine=False))
+        self.prediction_mlp = nn.Sequential(nn.Linear(width, hidden, bias=False), nn.BatchNorm1d(hidden),
+                                            nn.ReLU(inplace=True), nn.Linear(hidden, width))
+        self.head = f"mlp {width}-{width}, predictor {hidden}-{width}"
+
+    @property
+    def monitor_encoder(self):
+        return self.backbone
+
+    def record_fields(self):
+        return dict(head=self.head)
+
+    def forward(self, views, labels=None):
+        z1, z2 = (self.projector(self.backbone(v)) for v in views)
+        p1, p2 = self.prediction_mlp(z1), self.prediction_mlp(z2)
+        return negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
+
+
+class SwAV(Method):
+    """SwAV (Caron et al. 2020): the normalised projections of all crops are scored against K prototypes (unit
+    vectors, renormalised before every step as main_swav.py does); the Sinkhorn-Knopp codes of each global crop
+    (losses.sinkhorn: fp32, summed over every process's batch under DDP) are predicted from every other crop's scores
+    (losses.swav_loss, swapped prediction). Local crops (--local-crops) are predicted from, never assigned codes.
+
+    Queue (--queue-length > 0): for small batches, the global crops' projections of earlier batches (of every
+    process) join the Sinkhorn batch from epoch --queue-start on, once the queue is full; their codes are dropped.
+    Under DDP each process takes its 1/world share of the queue, so together they use each entry once (main_swav.py
+    keeps a queue of queue_length/world per process).
+
+    The prototypes are frozen for the first --freeze-prototypes-steps steps (default: the first epoch's): they take part
+    in the loss with a gradient of exactly 0 (DDP expects a gradient for every parameter) and have no weight decay,
+    so neither SGD nor LARS moves them. (Decay on vectors renormalised every step only shrinks them; main_swav.py
+    decays them at 1e-6.)
+
+    CIFAR recipe of solo-learn (scripts/pretrain/cifar/swav.yaml): ResNet-18; projector 2048-128 with BN; 3000
+    prototypes; temperature 0.1; queue 3840 from epoch 50; LARS lr 0.6 x batch/256, wd 1e-6, eta 0.02, biases and BN
+    excluded; warm-up (10 epochs) then cosine; batch 256; 1000 epochs; two 32-px crops. Sinkhorn: 3 iterations,
+    eps 0.05 (main_swav.py). solo-learn freezes the prototypes for 2 epochs, main_swav.py for 313 iterations (one
+    ImageNet epoch at batch 4096); the default here is one epoch.
+    """
+    name = "swav"
+    recipe = dict(epochs=1000, batch_size=256, wd=1e-6, aug="simclr")
+    local_crops_ok = True
+
+    @staticmethod
+    def add_options(p):
+        p.add_argument("--proj-hidden", type=int, default=2048, help="projector hidden width")
+        p.add_argument("--proj-dim", type=int, default=128, help="projection width")
+        p.add_argument("--prototypes", type=int, default=3000, help="number of prototypes K")
+        p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature of the swapped prediction")
+        p.add_argument("--sinkhorn-eps", type=float, default=0.05)
+        p.add_argument("--sinkhorn-iterations", type=int, default=3)
+        p.add_argument("--queue-length", type=int, default=3840,
+                       help="projections of earlier batches (all processes) in the Sinkhorn batch; 0 = no queue")
+        p.add_argument("--queue-start", type=int, default=50, metavar="EPOCH",
+                       help="first epoch (0-based) that fills the queue; it is used once full")
+        p.add_argument("--freeze-prototypes-steps", type=int, default=None,
+                       help="steps from the start during which the prototypes are not trained (default: the first "
+                            "epoch's)")
+
+    @staticmethod
+    def check_options(opts):
+        check_positive(opts, "proj_hidden", "proj_dim", "prototypes", "temperature", "sinkhorn_eps",
+                       "sinkhorn_iterations")
+        for name in ("queue_length", "queue_start", "freeze_prototypes_steps"):
+            if (getattr(opts, name) or 0) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(opts, name)}")
+
+    @staticmethod
+    def optimizer_recipe(opts):
+        return lars_recipe(opts, 0.6)
+
+    def __init__(self, opts, num_classes, cifar_stem, bn_splits):
+        super().__init__()
+        self.backbone = build_backbone(opts.arch, cifar_stem, bn_splits)
+        self.projector = projection_head(self.backbone.feat_dim, opts.proj_dim, opts.proj_hidden)
+        self.prototypes = nn.Linear(opts.proj_dim, opts.prototypes, bias=False)
+        with torch.no_grad():
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        self.n_global, self.temperature = opts.crops, opts.temperature
+        self.eps, self.iterations = opts.sinkhorn_eps, opts.sinkhorn_iterations
+        self.freeze_steps, self.queue_start = opts.freeze_prototypes_steps, opts.queue_start
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.world, self.rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        self.register_buffer("queue", torch.zeros(self.n_global, opts.queue_length, opts.proj_dim))
+        self.frozen, self.queue_steps = False, -1  # set by before_step: queue_steps < 0 while the queue is off
+        self.head = f"mlp {opts.proj_hidden}-{opts.proj_dim}, {opts.prototypes} prototypes"
+        self.options = {name: getattr(opts, name) for name in (
+            "prototypes", "temperature", "sinkhorn_eps", "sinkhorn_iterations", "queue_length", "queue_start",
+            "freeze_prototypes_steps")}
+
+    @property
+    def monitor_encoder(self):
+        return self.backbone
+
+    def param_groups(self):
+        prototypes = self.prototypes.weight
+        rest = [p for p in self.trainable_parameters() if p is not prototypes]
+        return [dict(params=rest, eta=LARS_ETA), dict(params=[prototypes], eta=LARS_ETA, weight_decay=0.0)]
+
+    def record_fields(self):
+        return dict(head=self.head, method_options=self.options)
+
+    def before_step(self, epoch, step, steps_per_epoch, epochs):
+        k = epoch * steps_per_epoch + step
+        self.frozen = k < (steps_per_epoch if self.freeze_steps is None else self.freeze_steps)
+        self.queue_steps = (epoch - self.queue_start) * steps_per_epoch + step  # steps that filled the queue so far
+
+    def forward(self, views, labels=None):
+        """views: the --crops global crops, then the local crops. Returns the loss."""
+        weight = self.prototypes.weight
+        if self.frozen:
+            weight = weight.detach() + 0 * weight  # still in the graph, with a gradient of exactly 0
+        else:
+            with torch.no_grad():
+                weight.copy_(F.normalize(weight, dim=1))
+        # One backbone pass per crop size, as main_swav.py: BatchNorm sees all crops of a size together.
+        z = torch.cat([self.projector(self.backbone(torch.cat(list(same_size))))
+                       for _, same_size in itertools.groupby(views, key=lambda v: v.shape[-2:])])
+        z = F.normalize(z, dim=1)
+        scores = F.linear(z, weight).chunk(len(views))
+        codes = self.codes(scores[:self.n_global], z.detach().chunk(len(views))[:self.n_global], weight.detach())
+        return swav_loss(list(scores), codes, self.temperature)
+
+    @torch.no_grad()
+    def codes(self, scores, embeddings, weight):
+        """Sinkhorn codes of the global crops' scores, with this process's share of a full queue in the batch; then
+        every process's newest projections are enqueued (newest first)."""
+        batch, length = scores[0].shape[0], self.queue.shape[1]
+        filling = length > 0 and self.queue_steps >= 0
+        per_process = length // self.world  # equal shares: Sinkhorn's column sums assume one batch size everywhere
+        share = slice(self.rank * per_process, (self.rank + 1) * per_process)
+        full = filling and self.queue_steps * batch * self.world >= length
+        codes = []
+        for i, s in enumerate(scores):
+            if full:
+                s = torch.cat([F.linear(self.queue[i, share], weight), s])
+            codes.append(sinkhorn(s, self.eps, self.iterations, distributed=self.world > 1)[-batch:])
+        if filling:
+            newest = gather_all(torch.stack(embeddings, dim=1)).transpose(0, 1).to(self.queue.dtype)
+            self.queue.copy_(torch.cat([newest, self.queue], dim=1)[:, :length])
+        return codes
+
+
+METHODS = {method.name: method for method in (MoCo, SimCLR, Supervised, RawPixels, BYOL, SimSiam, SwAV)}
 
 
 def get_method(name):

@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 import evaluation
 import results
-from augmentations import SPEC_HELP, build_transform, describe_policy, policy_to_json, resolve_policy
+from augmentations import (SPEC_HELP, MultiView, build_multicrop, build_transform, describe_policy, policy_to_json,
+                           resolve_policy)
 from cli import UserError
 from datasets import DATASETS, check_crop_size, dataset_info, load_splits
 from loading import TransformDataset, default_workers, make_eval_loader, make_train_loader
-from methods import get_method
+from methods import METHODS, get_method
 from models import ARCHS
 from optim import amp_step, build_optimizer, demo_lr, lr_at, set_lr
 
@@ -164,7 +165,15 @@ def add_run_options(parser, method):
     p.add_argument("--lr", type=float, default=None, help="base learning rate (None: the recipe's)")
     p.add_argument("--wd", type=float, default=None, help="weight decay (None: the recipe's)")
     p.add_argument("--aug", default="ours", help=f"augmentation: {SPEC_HELP}")
-    p.add_argument("--crops", type=int, default=2, help="views per image: 2, or 3 for triple crop")
+    p.add_argument("--crops", type=int, default=2,
+                   help="views per image: 2, or 3 for triple crop (the global crops with --local-crops)")
+    p.add_argument("--local-crops", type=int, default=0, metavar="M",
+                   help="multi-crop: M smaller local crops per image after the global ones, for the methods that "
+                        "train on them (swav); default 0: none")
+    p.add_argument("--local-size", type=int, default=None,
+                   help="local crop size in px; None: 9/16 of the crop size (18 at 32 px)")
+    p.add_argument("--local-scale", type=float, nargs=2, default=[0.05, 0.3], metavar=("LOW", "HIGH"),
+                   help="crop area range of the local crops (the global crops keep the policy's)")
     p.add_argument("--crop-size", type=int, default=None, help="training crop size (downcrop); None: the native size")
     p.add_argument("--stem", choices=["auto", "cifar", "imagenet"], default="auto")
     p.add_argument("--bn-splits", type=int, default=1, help="SplitBatchNorm on one device (ignored under DDP)")
@@ -225,7 +234,36 @@ def check_options(method, opts):
         raise UserError(f"--bn-splits must be >= 1 (1 = plain BatchNorm), got {opts.bn_splits}")
     if method.views is None and opts.crops < 2:
         raise UserError(f"--crops must be 2 or more ({method.name} needs a query and a key view), got {opts.crops}")
+    check_local_crops(method, opts)
     method.check_options(opts)
+
+
+def check_local_crops(method, opts):
+    local = getattr(opts, "local_crops", 0)
+    if local < 0:
+        raise UserError(f"--local-crops must be >= 0, got {local}")
+    if local and not method.local_crops_ok:
+        users = ", ".join(name for name, m in METHODS.items() if m.local_crops_ok)
+        raise UserError(f"--local-crops {local}: {method.name} does not train on local crops (multi-crop methods: "
+                        f"{users})")
+    if local and opts.local_size is not None and opts.local_size < 1:
+        raise UserError(f"--local-size must be >= 1, got {opts.local_size}")
+    if local and not 0 < opts.local_scale[0] <= opts.local_scale[1] <= 1:
+        raise UserError(f"--local-scale LOW HIGH must satisfy 0 < LOW <= HIGH <= 1, got "
+                        f"{' '.join(map(str, opts.local_scale))}")
+
+
+def train_views(method, opts, policy, crop_size):
+    """(what TransformDataset applies, views per image as recorded): the policy's transform (one view), --crops draws
+    of it, or with --local-crops, multi-crop: the global crops, then local crops of --local-size px and --local-scale
+    of the area, all drawn from one RNG stream per image."""
+    views, local = method.views or opts.crops, getattr(opts, "local_crops", 0)
+    if not local:
+        transform = build_transform(policy, crop_size)
+        return (MultiView(transform, views) if views > 1 else transform), views
+    local_size = opts.local_size or max(1, round(crop_size * 9 / 16))
+    return (build_multicrop(policy, crop_size, local_size, tuple(opts.local_scale), global_scale=None, n_global=views,
+                            n_local=local), f"{views}+{local}")
 
 
 # ---------------------------------------------------------------- run directory, checkpoints, resume
@@ -411,6 +449,28 @@ def linear_evaluation(rt, opts, backbone, splits, num_classes, crop_size, batch,
 
 # ---------------------------------------------------------------- the run
 
+def build_loaders(rt, opts, train_images, eval_transform, pretrain, memory, scored, batch):
+    """The training loader (train_images: a transform or a views object; seeded augmentations) and the eval loaders
+    of the memory bank and the scored split (replayed from memory when they fit)."""
+    train_loader = make_train_loader(rt, TransformDataset(pretrain, train_images), batch, opts.workers, opts.seed)
+    memory_loader = make_eval_loader(rt, TransformDataset(memory, eval_transform), batch, opts.workers)
+    test_loader = make_eval_loader(rt, TransformDataset(scored, eval_transform), batch, opts.workers)
+    return train_loader, memory_loader, test_loader
+
+
+def build_model(rt, method, opts, num_classes, cifar_stem, bn_splits, optimizer_name, lr, wd):
+    """The method on the device (SyncBatchNorm and channels_last as set) and the optimizer of what it trains (None
+    when it trains nothing)."""
+    model = method(opts, num_classes, cifar_stem, bn_splits).to(rt.device)
+    if rt.distributed and opts.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if not model.trainable_parameters():
+        return model, None
+    return model, build_optimizer(optimizer_name, model.param_groups(), lr, wd, foreach=rt.device.type == "cuda" or None)
+
+
 def run(method, options, on_epoch=None, given=None, quiet=False):
     """One whole run of `method` (a class of methods.py, or its name) with `options` (as add_run_options parses them).
 
@@ -429,7 +489,8 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
     info = dataset_info(opts.dataset)
     crop_size = check_crop_size(info, opts.crop_size or info.image_size)
     policy = resolve_policy(opts.aug, crop_size)
-    train_transform, eval_transform = build_transform(policy, crop_size), build_transform("eval", crop_size)
+    train_images, views = train_views(method, opts, policy, crop_size)
+    eval_transform = build_transform("eval", crop_size)
     rt = setup_runtime(opts.precision, opts.seed, opts.channels_last, normalize=(info.mean, info.std))
     if rt.is_main:
         results.check_writable(opts.results)
@@ -450,20 +511,11 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
     pretrain = splits.memory if method.needs_labels else splits.pretrain  # STL-10: train+unlabeled vs train
     if opts.batch_size > len(pretrain):
         raise UserError(f"--batch-size {opts.batch_size} is larger than the {len(pretrain)} training images")
-    views = method.views or opts.crops
-    train_loader = make_train_loader(rt, TransformDataset(pretrain, train_transform, n_views=views), batch,
-                                     opts.workers, opts.seed)
-    memory_loader = make_eval_loader(rt, TransformDataset(splits.memory, eval_transform), batch, opts.workers)
-    test_loader = make_eval_loader(rt, TransformDataset(scored, eval_transform), batch, opts.workers)
+    train_loader, memory_loader, test_loader = build_loaders(rt, opts, train_images, eval_transform, pretrain,
+                                                             splits.memory, scored, batch)
 
     cifar_stem = {"auto": not info.imagenet_stem, "cifar": True, "imagenet": False}[opts.stem]
-    model = method(opts, info.num_classes, cifar_stem, bn_splits).to(rt.device)
-    if rt.distributed and opts.sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    trained = model.trainable_parameters()
-    optimizer = build_optimizer(optimizer_name, trained, lr, wd, foreach=rt.device.type == "cuda" or None) if trained else None
+    model, optimizer = build_model(rt, method, opts, info.num_classes, cifar_stem, bn_splits, optimizer_name, lr, wd)
     if method.lr_per_epoch:
         lr_fn = lambda t: demo_lr(int(t), lr, opts.epochs, opts.cos, opts.schedule)  # noqa: E731
     else:

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from evaluation import interleave_shards
 from losses import nt_xent
-from models import MoCo, gather_all
-from training import setup_runtime
+from methods import MoCo
+from models import gather_all
+from training import default_options, setup_runtime
 
 rt = setup_runtime("fp32", seed=0)
 rank, world = rt.rank, rt.world_size
@@ -37,7 +38,7 @@ assert torch.equal(interleave_shards(shard), torch.arange(n).float())
 
 # MoCo under DDP: after one step the queue holds the keys of both processes, in rank order.
 torch.manual_seed(0)
-model = MoCo("resnet18", dim=8, K=16, m=0.99, T=0.1, bn_splits=1)
+model = MoCo(default_options(MoCo, moco_dim=8, moco_k=16, bn_splits=1), 10, True, 1)
 ddp = torch.nn.parallel.DistributedDataParallel(model)
 model.eval()  # running-stat BN: a key depends on its image only, so it can be recomputed here
 torch.manual_seed(10 + rank)
@@ -60,5 +61,6 @@ checksum = torch.stack([p.detach().double().sum() for p in model.parameters()])
 gathered = [torch.zeros_like(checksum) for _ in range(world)]
 dist.all_gather(gathered, checksum)
 assert all(torch.equal(g, gathered[0]) for g in gathered), "weights differ across ranks"
+
 dist.destroy_process_group()
 print(f"rank {rank}: ddp checks passed")
