@@ -25,7 +25,7 @@ def test_every_method_runs_through_pretrain(tmp_path, method, extra):
 class CenterPull(methods.Method):
     """A test-only method: pull the two views' normalised features together (collapses, but trains)."""
     name = "centerpull"
-    recipe = dict(epochs=1, batch_size=32, aug="original")
+    recipe = dict(epochs=1, batch_size=32, aug="original", lr=0.05, wd=5e-4)
     views = 2
 
     @staticmethod
@@ -62,5 +62,5 @@ def test_help_lists_methods_datasets_and_presets(capsys):
     with pytest.raises(SystemExit):
         pretrain.main(["--method", "simclr", "--help"])
     out = capsys.readouterr().out
-    assert "{moco,simclr,supervised,pixels}" in out and "--temperature" in out and "fashionmnist" in out
-    assert "original, ours" in out and "(default: 0.5)" in out
+    assert "{moco,simclr,supervised,pixels," in out and "--temperature" in out and "fashionmnist" in out
+    assert "original" in out and "default: 0.5" in out
