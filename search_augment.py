@@ -15,6 +15,7 @@ command work on one study, and a killed search continues when the command is run
 import copy
 import csv
 import json
+import os
 import statistics
 import sys
 import time
@@ -207,13 +208,15 @@ def search(method, options):
         return study
     best = study.best_trial
     (out / "best.json").write_text(best.user_attrs["policy"])
+    tag = f"{len(study.trials):04d}-{os.getpid()}"  # a rerun or a second process writes its own run dirs
     base_score = study.user_attrs.get("base_score")
     if base_score is None:  # the base policy on the same proxy, once per study
-        opts = run_options(options, aug=options.base, results_dir=str(out / "runs" / "base-validation"))
+        opts = run_options(options, aug=options.base, results_dir=str(out / "runs" / f"base-validation-{tag}"))
         base_score = training.run(method, opts, quiet=True)["knn_top1_final"]
         study.set_user_attr("base_score", base_score)
     plot_study(study, out)
-    test = {name: training.run(method, run_options(options, aug=aug, val_size=0, results_dir=str(out / "runs" / name)),
+    test = {name: training.run(method, run_options(options, aug=aug, val_size=0,
+                                                   results_dir=str(out / "runs" / f"{name}-{tag}")),
                                quiet=True)["knn_top1_final"]
             for name, aug in (("best-test", str(out / "best.json")), ("base-test", options.base))}
     print(f"best policy {out / 'best.json'}: {best.user_attrs['policy']}")
