@@ -478,8 +478,8 @@ class SwAV(Method):
 
     The prototypes are frozen for the first --freeze-prototypes-steps steps (default: the first epoch's): they take part
     in the loss with a gradient of exactly 0 (DDP expects a gradient for every parameter) and have no weight decay,
-    so neither SGD nor LARS moves them. (Decay on vectors renormalised every step only shrinks them; main_swav.py
-    decays them at 1e-6.)
+    so neither SGD nor LARS moves them, and they keep their unit-length initial values. (Decay on vectors renormalised
+    every step only shrinks them; main_swav.py decays them at 1e-6.)
 
     CIFAR recipe of solo-learn (scripts/pretrain/cifar/swav.yaml): ResNet-18; projector 2048-128 with BN; 3000
     prototypes; temperature 0.1; queue 3840 from epoch 50; LARS lr 0.6 x batch/256, wd 1e-6, eta 0.02, biases and BN
@@ -571,6 +571,7 @@ class SwAV(Method):
         codes = self.codes(scores[:self.n_global], z.detach().chunk(len(views))[:self.n_global], weight.detach())
         return swav_loss(list(scores), codes, self.temperature)
 
+    @torch.compiler.disable  # runs eagerly under --compile: its queue position changes every step
     @torch.no_grad()
     def codes(self, scores, embeddings, weight):
         """Sinkhorn codes of the global crops' scores, with this process's share of a full queue in the batch; then

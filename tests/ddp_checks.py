@@ -62,5 +62,38 @@ gathered = [torch.zeros_like(checksum) for _ in range(world)]
 dist.all_gather(gathered, checksum)
 assert all(torch.equal(g, gathered[0]) for g in gathered), "weights differ across ranks"
 
+# BYOL, SimSiam and SwAV: 2 processes x b give the loss and gradients of 1 process x 2b. BatchNorm normalises over each
+# process's own batch (as the papers' code does without SyncBN), so a train-mode BN makes 2 x b a different computation
+# from 2b by design; the comparison runs BN on running statistics (eval mode), where each image's loss depends on its
+# own views only. Then the per-process mean losses average to the full batch's mean and DDP's averaged gradients equal
+# the full batch's; for SwAV this also needs the distributed Sinkhorn, whose sums run over both processes' scores, to
+# give each half the codes it has in the full batch (the one-process reference runs its Sinkhorn locally).
+from methods import BYOL, SimSiam, SwAV  # noqa: E402
+
+narrow = {BYOL: dict(proj_hidden=32, proj_dim=16, pred_hidden=32), SimSiam: dict(proj_dim=16, pred_hidden=8),
+          SwAV: dict(proj_hidden=32, proj_dim=16, prototypes=12, queue_length=0)}
+for method, overrides in narrow.items():
+    options = default_options(method, bn_splits=1, **overrides)
+    torch.manual_seed(0)
+    model = method(options, 10, True, 1).eval()
+    torch.manual_seed(0)
+    full = method(options, 10, True, 1).eval()
+    if method is SwAV:
+        assert model.world == world and full.world == world
+        full.world, full.rank = 1, 0
+    torch.manual_seed(20)  # the same 2b images on every rank
+    views = [torch.randn(world * b, 3, 16, 16) for _ in range(2)]
+    full_loss = full(views)
+    full_grads = torch.autograd.grad(full_loss, full.trainable_parameters())
+    ddp = torch.nn.parallel.DistributedDataParallel(model)  # held: its hooks average the gradients in backward
+    loss = ddp([v[mine] for v in views])
+    loss.backward()
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    mean_loss /= world
+    assert torch.allclose(mean_loss, full_loss, atol=1e-5), (method.name, mean_loss, full_loss)
+    for p, g in zip(model.trainable_parameters(), full_grads):
+        assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6), (method.name, (p.grad - g).abs().max())
+
 dist.destroy_process_group()
 print(f"rank {rank}: ddp checks passed")
