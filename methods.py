@@ -58,9 +58,22 @@ class Method(nn.Module):
         """The optimizer's parameter groups: all trainable parameters in one, with the optimizer's settings."""
         return [dict(params=self.trainable_parameters())]
 
+    head = None  # the head's description for the workbook row, e.g. "mlp 2048-128"
+
+    @property
+    def monitor_encoder(self):
+        """The encoder the kNN monitor reads."""
+        return self.backbone
+
     def record_fields(self):
         """This method's own columns of the workbook row (head, debias, mochi, method_options) and its options."""
-        return {}
+        return {} if self.head is None else dict(head=self.head)
+
+
+def check_positive(opts, *names):
+    for name in names:
+        if getattr(opts, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(opts, name)}")
 
 
 def add_optimizer_option(parser, default):
@@ -121,9 +134,7 @@ class MoCo(Method):
 
     @staticmethod
     def check_options(opts):
-        for name in ("moco_k", "moco_dim"):
-            if getattr(opts, name) <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(opts, name)}")
+        check_positive(opts, "moco_k", "moco_dim")
         if opts.mlp < 0:
             raise UserError(f"--mlp must be >= 0 (0 = linear head), got {opts.mlp}")
         if not 0 <= opts.moco_m < 1:
@@ -235,9 +246,7 @@ class SimCLR(Method):
 
     @staticmethod
     def check_options(opts):
-        for name in ("temperature", "projection_dim"):
-            if getattr(opts, name) <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(opts, name)}")
+        check_positive(opts, "temperature", "projection_dim")
 
     optimizer_recipe = staticmethod(simclr_optimizer_recipe)
 
@@ -248,13 +257,6 @@ class SimCLR(Method):
         width = self.backbone.feat_dim  # 512 for ResNet-18, 2048 for ResNet-50
         self.projection = projection_head(width, opts.projection_dim, width)
         self.head = f"mlp {width}-{opts.projection_dim}"
-
-    @property
-    def monitor_encoder(self):
-        return self.backbone
-
-    def record_fields(self):
-        return dict(head=self.head)
 
     def forward(self, views, labels=None):
         z1, z2 = self.projection(self.backbone(views[0])), self.projection(self.backbone(views[1]))
@@ -278,10 +280,6 @@ class Supervised(Method):
         super().__init__()
         self.backbone = build_backbone(opts.arch, cifar_stem, bn_splits)
         self.classifier = nn.Linear(self.backbone.feat_dim, num_classes)
-
-    @property
-    def monitor_encoder(self):
-        return self.backbone
 
     @property
     def predictor(self):
@@ -311,11 +309,6 @@ class RawPixels(Method):
         super().__init__()
         self.backbone = nn.Flatten()
 
-    @property
-    def monitor_encoder(self):
-        return self.backbone
-
-
 
 # ---------------------------------------------------------------- BYOL, SimSiam, SwAV
 
@@ -326,12 +319,6 @@ def lars_recipe(opts, base_lr):
     """LARS at base_lr x batch/256 (--lr sets the lr itself) with the recipe's weight decay, 10 warm-up epochs (a tenth
     of a run shorter than 100 epochs, as SimCLR's LARS recipe here), cosine per step."""
     return "lars", opts.lr or base_lr * opts.batch_size / 256, opts.wd, min(10.0, opts.epochs / 10)
-
-
-def check_positive(opts, *names):
-    for name in names:
-        if getattr(opts, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(opts, name)}")
 
 
 class BYOL(Method):
@@ -345,7 +332,8 @@ class BYOL(Method):
 
     CIFAR recipe of solo-learn (vturrisi/solo-learn, scripts/pretrain/cifar/byol.yaml): ResNet-18; projector 4096-256
     and predictor 4096-256 (Linear-BN-ReLU-Linear); tau 0.99 -> 1; LARS lr 1.0 x batch/256, wd 1e-5, eta 0.02, biases
-    and BN excluded from decay and adaptation; warm-up (10 epochs) then cosine; batch 256; 1000 epochs.
+    and BN excluded from decay and adaptation; warm-up (10 epochs) then cosine; batch 256; 1000 epochs. At ImageNet
+    scale (the ImageNet stem) tau starts at the paper's 0.996.
     """
     name = "byol"
     recipe = dict(epochs=1000, batch_size=256, wd=1e-5, aug="simclr")
@@ -356,12 +344,14 @@ class BYOL(Method):
         p.add_argument("--proj-hidden", type=int, default=4096, help="projector hidden width")
         p.add_argument("--proj-dim", type=int, default=256, help="projection (and prediction) width")
         p.add_argument("--pred-hidden", type=int, default=4096, help="predictor hidden width")
-        p.add_argument("--tau-base", type=float, default=0.99, help="target EMA rate at the first step; rises to 1")
+        p.add_argument("--tau-base", type=float, default=None,
+                       help="target EMA rate at the first step; rises to 1 (default: 0.99 with the CIFAR stem, 0.996 "
+                            "with the ImageNet stem, the paper's)")
 
     @staticmethod
     def check_options(opts):
         check_positive(opts, "proj_hidden", "proj_dim", "pred_hidden")
-        if not 0 <= opts.tau_base <= 1:
+        if opts.tau_base is not None and not 0 <= opts.tau_base <= 1:
             raise UserError(f"--tau-base must be in [0, 1], got {opts.tau_base}")
 
     @staticmethod
@@ -376,16 +366,12 @@ class BYOL(Method):
         self.prediction_mlp = projection_head(opts.proj_dim, opts.proj_dim, opts.pred_hidden)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
-        self.tau_base = opts.tau_base
-        self.register_buffer("tau", torch.tensor(opts.tau_base))
+        self.tau_base = opts.tau_base if opts.tau_base is not None else 0.99 if cifar_stem else 0.996
+        self.register_buffer("tau", torch.tensor(self.tau_base))
         self.head = f"mlp {opts.proj_hidden}-{opts.proj_dim}, predictor {opts.pred_hidden}-{opts.proj_dim}"
 
     @property
     def backbone(self):
-        return self.online[0]
-
-    @property
-    def monitor_encoder(self):
         return self.online[0]
 
     def param_groups(self):
@@ -451,13 +437,6 @@ class SimSiam(Method):
         self.prediction_mlp = nn.Sequential(nn.Linear(width, hidden, bias=False), nn.BatchNorm1d(hidden),
                                             nn.ReLU(inplace=True), nn.Linear(hidden, width))
         self.head = f"mlp {width}-{width}, predictor {hidden}-{width}"
-
-    @property
-    def monitor_encoder(self):
-        return self.backbone
-
-    def record_fields(self):
-        return dict(head=self.head)
 
     def forward(self, views, labels=None):
         z1, z2 = (self.projector(self.backbone(v)) for v in views)
@@ -537,10 +516,6 @@ class SwAV(Method):
         self.options = {name: getattr(opts, name) for name in (
             "prototypes", "temperature", "sinkhorn_eps", "sinkhorn_iterations", "queue_length", "queue_start",
             "freeze_prototypes_steps")}
-
-    @property
-    def monitor_encoder(self):
-        return self.backbone
 
     def param_groups(self):
         prototypes = self.prototypes.weight

@@ -41,26 +41,32 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="folder for trial policies, runs, plots, best.json; None: search-<study>")
     p.add_argument("--prune-below", type=float, default=None, metavar="SCORE",
                    help="also prune a trial whose validation kNN top-1 falls below SCORE at any epoch")
+    p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
+                   help="SQL storages: a trial silent for 3 heartbeats (a killed process) is failed and retried once")
     p.add_argument("--base", default="original", help="the policy the search space is laid over and compared with")
     p.add_argument("--grid", nargs="+", default=None, metavar="SPEC", help="evaluate these specs instead of searching")
     p.add_argument("--seeds", type=int, default=1, help="grid: seeds per spec (0, 1, ...)")
     p.add_argument("--baselines", action="store_true",
                    help="grid: also the network at initialisation and raw pixels, on the same protocol")
-    p.set_defaults(epochs=2, linear_epochs=0, knn_every=1)
+    p.set_defaults(epochs=2, batch_size=64, linear_epochs=0, knn_every=1)  # the proxy's budget
     options, given = parse_with_given(p, argv)
-    if options.grid is None and "val_size" not in given:
-        options.val_size = 250  # the search's validation split; the grid scores on the test set unless asked
+    if options.grid is None:  # the search's proxy score; the grid keeps the monitor's protocol unless asked
+        if "val_size" not in given:
+            options.val_size = 250  # a validation split; the grid scores on the test set
+        if "knn_k" not in given:
+            options.knn_k = 20  # the demo's 200 neighbours are most of a proxy's small memory bank: every vote alike
     options.study = options.study or f"{method.name}-{options.dataset}"
     options.out = Path(options.out or f"search-{options.study}")
-    if options.trials < 1 or options.seeds < 1:
-        raise UserError("--trials and --seeds must be >= 1")
+    if options.trials < 1 or options.seeds < 1 or options.heartbeat < 1:
+        raise UserError("--trials, --seeds and --heartbeat must be >= 1")
     return method, options
 
 
 def run_options(options, **changes):
     """The options of one proxy run: the search's own options dropped, the run's set."""
     opts = copy.copy(options)
-    for name in ("trials", "storage", "study", "out", "base", "grid", "seeds", "baselines", "method", "prune_below"):
+    for name in ("trials", "storage", "study", "out", "base", "grid", "seeds", "baselines", "method", "prune_below",
+                 "heartbeat"):
         delattr(opts, name)
     for name, value in changes.items():
         setattr(opts, name, value)
@@ -161,18 +167,13 @@ def suggest_params(trial):
 
 def search(method, options):
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
     out = options.out
     (out / "trials").mkdir(parents=True, exist_ok=True)
-    storage = options.storage
-    if storage.startswith(("sqlite:", "postgresql:", "mysql:")):  # heartbeats: a killed trial is failed, then retried
-        storage = RDBStorage(storage, heartbeat_interval=30, grace_period=90,
-                             failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
-    study = optuna.create_study(study_name=options.study, storage=storage, load_if_exists=True, direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=options.seed),
-                                pruner=optuna.pruners.SuccessiveHalvingPruner())
+    study = open_study(options)
     size = options.crop_size or dataset_info(options.dataset).image_size
+
+    cannot_run = []
 
     def objective(trial):
         policy = policy_from_params(suggest_params(trial), base=options.base, size=size)
@@ -181,27 +182,39 @@ def search(method, options):
         trial.set_user_attr("policy", policy_to_json(policy))
         started = time.time()
 
+        def record(score, state):
+            record_trial(options, trial.number, policy_to_json(policy), score, state, time.time() - started)
+
         def report(epoch, metrics):
             trial.report(metrics["knn_top1"], epoch)
             below = options.prune_below is not None and metrics["knn_top1"] < options.prune_below
             if below or trial.should_prune():
-                record_trial(options, trial.number, policy, metrics["knn_top1"], "PRUNED", started)
+                record(metrics["knn_top1"], "PRUNED")
+                print(f"trial {trial.number}: pruned after epoch {epoch} (validation kNN top-1 {metrics['knn_top1']:.2f})")
                 raise optuna.TrialPruned()
 
         opts = run_options(options, aug=str(policy_file), results_dir=str(out / "runs" / f"trial-{trial.number:04d}"))
         try:
             score = training.run(method, opts, on_epoch=report, quiet=True)["knn_top1_final"]
-        except UserError as error:  # a policy that cannot run: recorded as failed, the search goes on
-            record_trial(options, trial.number, policy, None, "FAIL", started)
-            raise optuna.TrialPruned(str(error)) from error
-        record_trial(options, trial.number, policy, score, "COMPLETE", started)
+        except training.NonFiniteLoss as error:  # this policy diverged: failed (NaN is Optuna's FAIL), search goes on
+            record(None, "FAIL")
+            print(f"note: trial {trial.number} failed: {error}")
+            return float("nan")
+        except UserError as error:  # the proxy cannot run at all (data, sizes, paths): no other trial would either
+            record(None, "FAIL")
+            cannot_run.append(error)
+            trial.study.stop()
+            return float("nan")
+        record(score, "COMPLETE")
         print(f"trial {trial.number}: validation kNN top-1 {score:.2f}")
         return score
 
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is printed here, in one line
     study.optimize(objective, n_trials=options.trials,
                    callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=finished)])
+    if cannot_run:
+        raise UserError(f"the proxy run cannot start: {cannot_run[0]}")
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         print(f"study {options.study}: no completed trial yet ({len(study.trials)} pruned or failed)")
@@ -226,10 +239,59 @@ def search(method, options):
     return study
 
 
-def record_trial(options, number, policy, score, state, started):
+def open_study(options, attempts=5):
+    """The study in --storage, created by whichever process comes first. Processes started together race to create
+    a new database's tables (one of them gets an IntegrityError); the losers retry, and then find the tables made."""
+    import random
+
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            storage = options.storage
+            if storage.startswith(("sqlite:", "postgresql:", "mysql:")):
+                storage = sql_storage(options)
+            return optuna.create_study(study_name=options.study, storage=storage, load_if_exists=True,
+                                       direction="maximize", sampler=optuna.samplers.TPESampler(seed=options.seed),
+                                       pruner=optuna.pruners.SuccessiveHalvingPruner())
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as error:
+            if attempt == attempts - 1:
+                raise UserError(f"cannot open the study in --storage {options.storage}: {error.orig}") from error
+            time.sleep(0.5 + random.random())
+        except (ValueError, ImportError, sqlalchemy.exc.ArgumentError) as error:
+            raise UserError(f"cannot open --storage {options.storage}: {error}") from error
+
+
+def sql_storage(options):
+    """The SQL storage with heartbeats: a trial whose process died (no heartbeat for 3 intervals) is failed, recorded
+    as FAIL in the search sheet, and retried once with the same parameters, by whichever process next asks for one."""
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+    def stale(study, trial):
+        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        record_trial(options, trial.number, trial.user_attrs.get("policy"), None, "FAIL", seconds)
+        retry(study, trial)
+
+    # SQLite: concurrent processes wait for the file lock instead of failing at once
+    engine = {"connect_args": {"timeout": 60}} if options.storage.startswith("sqlite:") else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(options.storage, engine_kwargs=engine, heartbeat_interval=options.heartbeat,
+                          grace_period=3 * options.heartbeat, heartbeat_stale_trial_callback=stale)
+
+
+def record_trial(options, number, policy_json, score, state, seconds):
     append_search_trials(options.results, [dict(
-        study=options.study, trial=number, policy=policy_to_json(policy), proxy_score=score, state=state,
-        seconds=round(time.time() - started, 1), method=options.method, dataset=options.dataset, spec="search")])
+        study=options.study, trial=number, policy=policy_json, proxy_score=score, state=state,
+        seconds=round(seconds, 1), method=options.method, dataset=options.dataset, spec="search")])
 
 
 def plot_study(study, out):

@@ -165,7 +165,7 @@ def add_run_options(parser, method):
     p.add_argument("--lr", type=float, default=None, help="base learning rate (None: the recipe's)")
     p.add_argument("--wd", type=float, default=None, help="weight decay (None: the recipe's)")
     p.add_argument("--aug", default="ours", help=f"augmentation: {SPEC_HELP}")
-    p.add_argument("--crops", type=int, default=2,
+    p.add_argument("--crops", "--global-crops", dest="crops", type=int, default=2,
                    help="views per image: 2, or 3 for triple crop (the global crops with --local-crops)")
     p.add_argument("--local-crops", type=int, default=0, metavar="M",
                    help="multi-crop: M smaller local crops per image after the global ones, for the methods that "

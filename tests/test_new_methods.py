@@ -78,6 +78,27 @@ def test_byol_target_gets_no_gradient_and_is_the_ema_of_the_online_network():
     assert model.monitor_encoder is model.backbone is model.online[0]
 
 
+def test_byol_tau_base_defaults_to_the_papers_value_for_the_stem():
+    options = method_options(BYOL, **SMALL[BYOL])
+    assert [BYOL(options, 10, cifar_stem, 1).tau_base for cifar_stem in (True, False)] == [0.99, 0.996]
+    options.tau_base = 0.9
+    assert BYOL(options, 10, False, 1).tau.item() == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("method", [BYOL, SimSiam, SwAV])
+def test_both_stems_train_a_step(method):
+    """The CIFAR stem at 16 px and the ImageNet stem (7x7 conv + max-pool) at 64 px both give a finite loss and
+    gradients in the backbone's first layer."""
+    for cifar_stem, size in ((True, 16), (False, 64)):
+        torch.manual_seed(0)
+        model = method(method_options(method, **SMALL[method]), 10, cifar_stem, 1)
+        model.before_step(0, 0, 10, 1)
+        loss = model(images(size=size))
+        loss.backward()
+        assert torch.isfinite(loss) and model.backbone.conv1.weight.grad.abs().sum() > 0
+        assert model.backbone.conv1.kernel_size == ((3, 3) if cifar_stem else (7, 7))
+
+
 # ---------------------------------------------------------------- SimSiam
 
 def test_simsiam_gradient_flows_only_through_the_predictor_branch():

@@ -1,9 +1,15 @@
 """search_augment.py: a tiny Optuna search and grid on synthetic, end to end, through the real SQLite storage."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import optuna
 import pytest
-from conftest import sheet_rows
+from conftest import error_of, sheet_rows
 
 import search_augment
 from augmentations import policy_from_json
@@ -17,9 +23,20 @@ def search_argv(tmp_path, trials, *extra):
             "--out", str(tmp_path / "out"), "--results", str(tmp_path / "r.xlsx"), *extra]
 
 
+def trials(tmp_path):
+    return optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'search.db'}").trials
+
+
 def states(tmp_path):
-    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'search.db'}")
-    return [t.state.name for t in study.trials]
+    return [t.state.name for t in trials(tmp_path)]
+
+
+def start_search(argv, tmp_path, log):
+    """search_augment.py as its own process, as a user starts it (a second terminal, a second machine)."""
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    script = Path(search_augment.__file__)
+    return subprocess.Popen([sys.executable, "-u", str(script), *argv], cwd=tmp_path, env=env,
+                            stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT)
 
 
 def test_tiny_search_end_to_end_writes_best_policy_plots_and_search_sheet(tmp_path, capsys):
@@ -49,13 +66,6 @@ def test_a_trial_below_the_bar_is_pruned_and_recorded_once(tmp_path):
     assert sorted((r["trial"], r["state"]) for r in trials) == [(0, "PRUNED"), (1, "PRUNED")]
 
 
-def test_rerunning_the_same_command_resumes_the_study(tmp_path):
-    search_augment.main(search_argv(tmp_path, 1))
-    search_augment.main(search_argv(tmp_path, 2))  # the same study, one trial more
-    assert len(states(tmp_path)) == 2
-    assert sorted(r["trial"] for r in sheet_rows(tmp_path / "r.xlsx", "search")) == [0, 1]
-
-
 def test_grid_gives_one_row_per_spec_and_seed_and_skips_finished_ones(tmp_path, capsys):
     argv = [*TINY[:-2], "--knn-every", "0", "--grid", "original", "ours", "--seeds", "2", "--out",
             str(tmp_path / "grid"), "--results", str(tmp_path / "r.xlsx")]
@@ -69,6 +79,54 @@ def test_grid_gives_one_row_per_spec_and_seed_and_skips_finished_ones(tmp_path, 
 
 
 def test_bad_options_are_one_line(tmp_path, capsys):
-    from conftest import error_of
     assert "--trials" in error_of(search_argv(tmp_path, 0), capsys, search_augment.main)
     assert "nosuchop" in error_of([*search_argv(tmp_path, 1), "--base", "ours+nosuchop"], capsys, search_augment.main)
+
+
+def test_a_proxy_that_cannot_run_stops_the_search_with_one_line_after_one_failed_trial(tmp_path, capsys):
+    line = error_of(search_argv(tmp_path, 3, "--batch-size", "1000"), capsys, search_augment.main)
+    assert "the proxy run cannot start" in line and "--batch-size 1000" in line
+    assert states(tmp_path) == ["FAIL"]
+    assert [(r["trial"], r["state"]) for r in sheet_rows(tmp_path / "r.xlsx", "search")] == [(0, "FAIL")]
+
+
+def test_a_diverging_trial_is_failed_and_the_search_goes_on(tmp_path, capsys):
+    search_augment.main(search_argv(tmp_path, 2, "--lr", "1e30"))  # every policy diverges at this lr
+    assert states(tmp_path) == ["FAIL", "FAIL"]
+    assert "note: trial 1 failed: loss became" in capsys.readouterr().out
+
+
+def test_a_killed_search_resumes_and_its_killed_trial_is_failed_then_retried(tmp_path):
+    argv = search_argv(tmp_path, 3, "--heartbeat", "1")
+    process = start_search(argv, tmp_path, "killed.log")
+    second_trial = tmp_path / "out" / "trials" / "trial-0001.json"  # written as trial 1 starts
+    deadline = time.time() + 240
+    while not second_trial.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, (tmp_path / "killed.log").read_text()[-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert states(tmp_path)[:2] in (["COMPLETE", "RUNNING"], ["PRUNED", "RUNNING"])
+    time.sleep(3.5)  # 3 missed heartbeats: the killed trial is stale
+    search_augment.main(argv)  # the same command again
+    study = trials(tmp_path)
+    assert [t.state.name for t in study][1] == "FAIL"
+    retried = [t for t in study if t.system_attrs.get("failed_trial") == 1]  # RetryHeartbeatStaleTrialCallback's mark
+    assert len(retried) == 1 and retried[0].params == study[1].params and retried[0].state.name != "RUNNING"
+    assert sum(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in study) == 3
+    rows = sheet_rows(tmp_path / "r.xlsx", "search")
+    assert sorted((r["trial"], r["state"]) for r in rows) == sorted((t.number, t.state.name) for t in study)
+
+
+def test_two_processes_on_one_sqlite_study_record_every_trial_exactly_once(tmp_path):
+    argv = search_argv(tmp_path, 4)
+    processes = [start_search(argv, tmp_path, f"p{i}.log") for i in range(2)]
+    for i, process in enumerate(processes):
+        assert process.wait(timeout=600) == 0, (tmp_path / f"p{i}.log").read_text()[-2000:]
+    study = trials(tmp_path)
+    assert len(study) >= 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in study)
+    rows = sheet_rows(tmp_path / "r.xlsx", "search")
+    assert sorted((r["trial"], r["state"]) for r in rows) == sorted((t.number, t.state.name) for t in study)
+    # both processes ended with the summary (best policy, base, test re-check)
+    logs = [(tmp_path / f"p{i}.log").read_text() for i in range(2)]
+    assert all("best policy" in log for log in logs)
