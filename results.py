@@ -81,6 +81,12 @@ PUBLISHED = [
     ("lightly (CIFAR-10 benchmark, batch 512)", "SimCLR", "CIFAR-10", "ResNet-18", 200, "kNN top-1", 83),
     ("SimCLR paper (Chen et al. 2020), Appendix B.9", "SimCLR ResNet-50", "CIFAR-10", "ResNet-50", 1000,
      "linear top-1", 94.0),
+    *[("lightly docs, getting_started/benchmarks (batch 512, kNN k=200, best epoch)", method, "CIFAR-10", "ResNet-18",
+       epochs, "kNN top-1", value)
+      for method, values in (("BYOL", (86.8, 91.0)), ("SwAV", (84.2, 88.4)), ("SimSiam", (76.4, 90.4)))
+      for epochs, value in zip((200, 800), values)],
+    *[("solo-learn README (online linear)", method, "CIFAR-10", "ResNet-18", 1000, "linear top-1", value)
+      for method, value in (("BYOL", 92.58), ("SwAV", 89.17), ("SimSiam", 90.51))],
 ]
 SEED_SERIES = [("original_knn_top1", "seed study: original 4 transforms (82.19 @ ep 200)"),
                ("ours7_knn_top1", "seed study: 7 transforms (85.01 @ ep 200)")]

@@ -170,6 +170,7 @@ def search(method, options):
 
     out = options.out
     (out / "trials").mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is printed here, in one line
     study = open_study(options)
     size = options.crop_size or dataset_info(options.dataset).image_size
 
@@ -190,7 +191,8 @@ def search(method, options):
             below = options.prune_below is not None and metrics["knn_top1"] < options.prune_below
             if below or trial.should_prune():
                 record(metrics["knn_top1"], "PRUNED")
-                print(f"trial {trial.number}: pruned after epoch {epoch} (validation kNN top-1 {metrics['knn_top1']:.2f})")
+                print(f"trial {trial.number}: pruned after epoch {epoch} (validation kNN top-1 "
+                      f"{metrics['knn_top1']:.2f})")
                 raise optuna.TrialPruned()
 
         opts = run_options(options, aug=str(policy_file), results_dir=str(out / "runs" / f"trial-{trial.number:04d}"))
@@ -210,12 +212,12 @@ def search(method, options):
         return score
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is printed here, in one line
     study.optimize(objective, n_trials=options.trials,
                    callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=finished)])
     if cannot_run:
         raise UserError(f"the proxy run cannot start: {cannot_run[0]}")
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    print(study_cost(study, options.epochs))
     if not completed:
         print(f"study {options.study}: no completed trial yet ({len(study.trials)} pruned or failed)")
         return study
@@ -237,6 +239,21 @@ def search(method, options):
           f"{best.value / max(base_score, 1e-9):.3f} | test re-check: best {test['best-test']:.2f} vs base "
           f"{test['base-test']:.2f} | {len(completed)} completed of {len(study.trials)} trials")
     return study
+
+
+def study_cost(study, epochs):
+    """Trials per hour of one process (finished trials over their summed wall time) and the share of the proxy's
+    epochs that pruning saved (epochs the finished trials did not run, over trials x epochs)."""
+    done = [t for t in study.trials if t.datetime_complete is not None and t.datetime_start is not None]
+    if not done:
+        return "no finished trial"
+    seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
+    ran = sum(epochs if t.state.name == "COMPLETE" else len(t.intermediate_values) for t in done)
+    saved = f"pruning saved {1 - ran / (len(done) * epochs):.0%} of the {len(done) * epochs} proxy epochs"
+    if any(t.state.name == "FAIL" for t in done):
+        saved += " (failed trials' unrun epochs included)"
+    per_hour = 3600 * len(done) / seconds
+    return f"{len(done)} finished trials in {seconds / 60:.1f} min of trial time: {per_hour:.1f} trials/hour; {saved}"
 
 
 def open_study(options, attempts=5):

@@ -1,6 +1,7 @@
 """search_augment.py: a tiny Optuna search and grid on synthetic, end to end, through the real SQLite storage."""
 import json
 import os
+from datetime import datetime, timedelta
 import signal
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def test_tiny_search_end_to_end_writes_best_policy_plots_and_search_sheet(tmp_pa
     assert sorted(r["trial"] for r in trials) == [0, 1, 2] and all(r["study"] == "t" for r in trials)
     out = capsys.readouterr().out
     assert "proxy (validation kNN top-1): best" in out and "ratio" in out and "test re-check" in out
+    assert "trials/hour; pruning saved" in out
     runs = sheet_rows(tmp_path / "r.xlsx")
     assert any("validation images" in r["data"] for r in runs) and any("test images" in r["data"] for r in runs)
     # the best policy trains with the MoCo door
@@ -130,3 +132,15 @@ def test_two_processes_on_one_sqlite_study_record_every_trial_exactly_once(tmp_p
     # both processes ended with the summary (best policy, base, test re-check)
     logs = [(tmp_path / f"p{i}.log").read_text() for i in range(2)]
     assert all("best policy" in log for log in logs)
+
+
+def test_study_cost_counts_trials_per_hour_and_the_epochs_pruning_saved():
+    study, start = optuna.create_study(), datetime(2026, 11, 30, 12)
+    for state, epochs_run, minutes in [("COMPLETE", 4, 10), ("PRUNED", 1, 5), ("PRUNED", 2, 5)]:
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=0, trial_id=0, state=optuna.trial.TrialState[state], value=1.0 if state == "COMPLETE" else None,
+            datetime_start=start, datetime_complete=start + timedelta(minutes=minutes), params={}, distributions={},
+            user_attrs={}, system_attrs={}, intermediate_values={e: 1.0 for e in range(1, epochs_run + 1)}))
+    line = search_augment.study_cost(study, 4)
+    # 3 trials in 20 minutes: 9 an hour; 4 + 1 + 2 = 7 of 3 x 4 = 12 epochs run: 5/12 = 42% saved
+    assert "3 finished trials in 20.0 min" in line and "9.0 trials/hour" in line and "saved 42% of the 12" in line
