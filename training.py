@@ -511,6 +511,10 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
     pretrain = splits.memory if method.needs_labels else splits.pretrain  # STL-10: train+unlabeled vs train
     if opts.batch_size > len(pretrain):
         raise UserError(f"--batch-size {opts.batch_size} is larger than the {len(pretrain)} training images")
+    per_class = len(splits.memory) / info.num_classes
+    if rt.is_main and opts.knn_k > per_class:
+        print(f"note: --knn-k {opts.knn_k} is more than the kNN memory bank's {per_class:.0f} images per class, so "
+              "every query's vote leans to the bank's class counts; a smaller --knn-k (e.g. 20) separates features")
     train_loader, memory_loader, test_loader = build_loaders(rt, opts, train_images, eval_transform, pretrain,
                                                              splits.memory, scored, batch)
 

@@ -144,3 +144,9 @@ def test_study_cost_counts_trials_per_hour_and_the_epochs_pruning_saved():
     line = search_augment.study_cost(study, 4)
     # 3 trials in 20 minutes: 9 an hour; 4 + 1 + 2 = 7 of 3 x 4 = 12 epochs run: 5/12 = 42% saved
     assert "3 finished trials in 20.0 min" in line and "9.0 trials/hour" in line and "saved 42% of the 12" in line
+
+
+def test_the_search_proxy_scores_with_20_neighbours_unless_told(tmp_path):
+    assert search_augment.parse_args(search_argv(tmp_path, 1))[1].knn_k == 20
+    assert search_augment.parse_args([*search_argv(tmp_path, 1), "--knn-k", "7"])[1].knn_k == 7
+    assert search_augment.parse_args([*TINY, "--grid", "ours"])[1].knn_k == 200  # the grid keeps the monitor's

@@ -117,3 +117,16 @@ def test_check_options_refuses_impossible_values():
         with pytest.raises(UserError, match=message):
             training.check_options(MoCo, training.default_options(MoCo, **change))
     assert torch.__version__  # the check itself builds nothing
+
+
+def test_a_knn_k_above_the_banks_images_per_class_is_noted(tmp_path, capsys):
+    def evaluate_at_init(knn_k):
+        options = training.default_options(Supervised, dataset="synthetic", subset=40, batch_size=8, crop_size=16,
+                                           workers=0, epochs=0, linear_epochs=0, knn_k=knn_k,
+                                           results=str(tmp_path / "r.xlsx"),
+                                           results_dir=str(tmp_path / f"k{knn_k}"))
+        training.run(Supervised, options, quiet=True)
+        return capsys.readouterr().out
+
+    assert "note: --knn-k 200 is more than the kNN memory bank's 4 images per class" in evaluate_at_init(200)
+    assert "--knn-k" not in evaluate_at_init(4)
