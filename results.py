@@ -319,7 +319,7 @@ def _add_reference_sheet(workbook):
     for cell in sheet[1]:
         cell.font = HEADER_FONT
         sheet.column_dimensions[cell.column_letter].width = len(str(cell.value)) + 3
-    for letter, width in (("A", 62), ("B", 16), ("C", 10), ("D", 60), ("F", 24)):
+    for letter, width in (("A", 72), ("B", 16), ("C", 10), ("D", 60), ("F", 24)):
         sheet.column_dimensions[letter].width = width
     sheet.freeze_panes, sheet.print_title_rows = "A2", "1:1"
     _set_print_layout(sheet)
