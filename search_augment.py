@@ -195,7 +195,8 @@ def search(method, options):
                       f"{metrics['knn_top1']:.2f})")
                 raise optuna.TrialPruned()
 
-        opts = run_options(options, aug=str(policy_file), results_dir=str(out / "runs" / f"trial-{trial.number:04d}"))
+        run_dir = out / "runs" / f"trial-{trial.number:04d}"
+        opts = run_options(options, aug=str(policy_file), results_dir=str(run_dir))
         try:
             score = training.run(method, opts, on_epoch=report, quiet=True)["knn_top1_final"]
         except training.NonFiniteLoss as error:  # this policy diverged: failed (NaN is Optuna's FAIL), search goes on
@@ -207,6 +208,9 @@ def search(method, options):
             cannot_run.append(error)
             trial.study.stop()
             return float("nan")
+        finally:  # a trial is never resumed (a killed one is retried from scratch): its 2 checkpoints of ~130 MB
+            for checkpoint in run_dir.glob("*.pth"):  # each would add up to gigabytes over a study; log.csv stays
+                checkpoint.unlink()
         record(score, "COMPLETE")
         print(f"trial {trial.number}: validation kNN top-1 {score:.2f}")
         return score

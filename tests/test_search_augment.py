@@ -46,6 +46,9 @@ def test_tiny_search_end_to_end_writes_best_policy_plots_and_search_sheet(tmp_pa
     best = tmp_path / "out" / "best.json"
     assert policy_from_json(str(best))[0].name == "crop"  # usable as --aug best.json
     assert (tmp_path / "out" / "history.png").stat().st_size > 1000
+    trial_runs = sorted((tmp_path / "out" / "runs").glob("trial-*"))
+    assert len(trial_runs) == 3 and not list((tmp_path / "out" / "runs").glob("trial-*/*.pth"))  # no gigabytes
+    assert all((run / "log.csv").exists() for run in trial_runs)
     trials = sheet_rows(tmp_path / "r.xlsx", "search")
     assert sorted(r["trial"] for r in trials) == [0, 1, 2] and all(r["study"] == "t" for r in trials)
     out = capsys.readouterr().out
