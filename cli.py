@@ -1,5 +1,6 @@
 """What every door shares: one-line errors (UserError -> `error: ...`, exit 2), the argparse wrapper, run_main."""
 import argparse
+import math
 import sys
 
 
@@ -12,7 +13,8 @@ class ShowDefaults(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+        shown = action.default not in (None, False, argparse.SUPPRESS) and not isinstance(action, argparse._StoreFalseAction)
+        if action.option_strings and shown and "default" not in text:  # --no-cos's True is --cos's default
             text += " (default: %(default)s)"
         return text
 
@@ -26,12 +28,25 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, **kwargs):
+        if kwargs.get("type") is float:
+            kwargs["type"] = finite_float
         if not kwargs.get("help") and kwargs.get("action") not in ("store_true", "store_false"):
             kwargs["help"] = "default: %(default)s"  # argparse shows nothing for an option without help text
         return super().add_argument(*args, **kwargs)
 
     def error(self, message):
         raise UserError(f"{message} (see --help)")
+
+
+def finite_float(text):
+    """A float option's type: nan and inf are refused when parsed, before they can train at a constant loss or score."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def str2bool(value):

@@ -46,6 +46,11 @@ class Method(nn.Module):
         """(optimizer name, lr, weight decay, warm-up epochs) for these options."""
         return "sgd", opts.lr, opts.wd, 0.0
 
+    @staticmethod
+    def notes(opts, n_train):
+        """`note:` lines the run prints before training: settings that work against the method on this data."""
+        return []
+
     lr_per_epoch = False  # the lr is set once per epoch (MoCo demo) instead of every step
 
     def before_step(self, epoch, step, steps_per_epoch, epochs):
@@ -133,6 +138,14 @@ class MoCo(Method):
         p.add_argument("--mochi-start", type=int, default=0, help="first epoch (0-based) that mixes hard negatives")
 
     @staticmethod
+    def notes(opts, n_train):
+        if opts.moco_k < n_train:
+            return []
+        return [f"--moco-k {opts.moco_k} is at least the {n_train} training images: the queue will hold each image's "
+                "own earlier key as a negative when it comes back, so it is pushed away from itself; a --moco-k "
+                "below the training set size avoids it"]
+
+    @staticmethod
     def check_options(opts):
         check_positive(opts, "moco_k", "moco_dim")
         if opts.mlp < 0:
@@ -157,7 +170,7 @@ class MoCo(Method):
         self.K, self.m, self.T, self.symmetric = opts.moco_k, opts.moco_m, opts.moco_t, opts.symmetric
         self.debias, self.mochi, self.mochi_start = opts.debias, opts.mochi, opts.mochi_start
         self.mix_hard_negatives = False
-        backbone = build_backbone(opts.arch, cifar_stem, bn_splits)
+        backbone = build_backbone(opts.arch, cifar_stem, bn_splits, opts.width)
         self.encoder_q = nn.Sequential(backbone, projection_head(backbone.feat_dim, opts.moco_dim, opts.mlp or None))
         self.encoder_k = copy.deepcopy(self.encoder_q)
         self.encoder_k.requires_grad_(False)
@@ -253,7 +266,7 @@ class SimCLR(Method):
     def __init__(self, opts, num_classes, cifar_stem, bn_splits):
         super().__init__()
         self.temperature = opts.temperature
-        self.backbone = build_backbone(opts.arch, cifar_stem, bn_splits)
+        self.backbone = build_backbone(opts.arch, cifar_stem, bn_splits, opts.width)
         width = self.backbone.feat_dim  # 512 for ResNet-18, 2048 for ResNet-50
         self.projection = projection_head(width, opts.projection_dim, width)
         self.head = f"mlp {width}-{opts.projection_dim}"
@@ -278,7 +291,7 @@ class Supervised(Method):
 
     def __init__(self, opts, num_classes, cifar_stem, bn_splits):
         super().__init__()
-        self.backbone = build_backbone(opts.arch, cifar_stem, bn_splits)
+        self.backbone = build_backbone(opts.arch, cifar_stem, bn_splits, opts.width)
         self.classifier = nn.Linear(self.backbone.feat_dim, num_classes)
 
     @property
@@ -360,7 +373,7 @@ class BYOL(Method):
 
     def __init__(self, opts, num_classes, cifar_stem, bn_splits):
         super().__init__()
-        backbone = build_backbone(opts.arch, cifar_stem, bn_splits)
+        backbone = build_backbone(opts.arch, cifar_stem, bn_splits, opts.width)
         self.online = nn.Sequential(backbone, projection_head(backbone.feat_dim, opts.proj_dim, opts.proj_hidden))
         # Not `predictor`: the run path reads that name as a supervised classifier to score.
         self.prediction_mlp = projection_head(opts.proj_dim, opts.proj_dim, opts.pred_hidden)
@@ -427,7 +440,7 @@ class SimSiam(Method):
 
     def __init__(self, opts, num_classes, cifar_stem, bn_splits):
         super().__init__()
-        self.backbone = build_backbone(opts.arch, cifar_stem, bn_splits)
+        self.backbone = build_backbone(opts.arch, cifar_stem, bn_splits, opts.width)
         width, hidden = opts.proj_dim, opts.pred_hidden
         # No bias before a BatchNorm (it would be cancelled); the output BN has no affine parameters, as the
         # official code's.
@@ -500,7 +513,7 @@ class SwAV(Method):
 
     def __init__(self, opts, num_classes, cifar_stem, bn_splits):
         super().__init__()
-        self.backbone = build_backbone(opts.arch, cifar_stem, bn_splits)
+        self.backbone = build_backbone(opts.arch, cifar_stem, bn_splits, opts.width)
         self.projector = projection_head(self.backbone.feat_dim, opts.proj_dim, opts.proj_hidden)
         self.prototypes = nn.Linear(opts.proj_dim, opts.prototypes, bias=False)
         with torch.no_grad():

@@ -35,21 +35,47 @@ class SplitBatchNorm(nn.BatchNorm2d):
         return out.reshape(n, c, h, w)
 
 
-def build_backbone(arch, cifar_stem=True, bn_splits=1):
+def build_backbone(arch, cifar_stem=True, bn_splits=1, width=1.0):
     """torchvision ResNet without its classifier: images -> (N, feat_dim) features.
 
     The CIFAR stem (3x3 stride-1 conv1, no max-pool) keeps 32-px images from shrinking to 1x1 too early.
+    width scales every stage's channels (0.25: 16-32-64-128 for ResNet-18), so a CPU trains a backbone in minutes.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
     norm_layer = partial(SplitBatchNorm, num_splits=bn_splits) if bn_splits > 1 else nn.BatchNorm2d
     net = getattr(torchvision.models, arch)(weights=None, norm_layer=norm_layer)
+    if width != 1.0:
+        narrow(net, width)
     if cifar_stem:
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.conv1 = nn.Conv2d(3, net.bn1.num_features, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
     net.feat_dim = net.fc.in_features
     net.fc = nn.Identity()
     return net
+
+
+def stage_channels(width):
+    """The four stages' base channels at `width` (64-128-256-512 at 1.0; Bottleneck blocks output 4x that)."""
+    return [max(1, round(c * width)) for c in (64, 128, 256, 512)]
+
+
+def narrow(net, width):
+    """Rebuild a torchvision ResNet's stem and stages at `width` times the channels, with torchvision's init."""
+    block = type(net.layer1[0])
+    channels = stage_channels(width)
+    net.inplanes = channels[0]
+    net.conv1 = nn.Conv2d(3, channels[0], kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = net._norm_layer(channels[0])
+    for i, (name, planes) in enumerate(zip(("layer1", "layer2", "layer3", "layer4"), channels)):
+        setattr(net, name, net._make_layer(block, planes, len(getattr(net, name)), stride=1 if i == 0 else 2))
+    net.fc = nn.Linear(channels[3] * block.expansion, net.fc.out_features)
+    for m in net.modules():  # torchvision ResNet.__init__'s init, for the rebuilt layers
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
 
 
 def projection_head(in_dim, out_dim, hidden_dim=None):

@@ -122,10 +122,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.n < 1 or args.tile < 8 or args.local_crops < 0:
         raise UserError("--n must be at least 1, --tile at least 8 and --local-crops at least 0")
+    for name in ("size", "local_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1 px, got {getattr(args, name)}")
     if Path(args.out).suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got {args.out}")
     image = read_image(args)
-    size = args.size or min(image.shape[:2])
+    size = args.size if args.size is not None else min(image.shape[:2])
     local_size = args.local_size or max(1, round(size * 96 / 224))
     grid = preview_grid(image, args.preset, args.n, size, args.seed, args.tile, args.local_crops, local_size,
                         tuple(args.local_scale), tuple(args.global_scale))

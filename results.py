@@ -26,10 +26,10 @@ from openpyxl.worksheet.properties import PageSetupProperties
 from cli import UserError
 
 RUN_COLUMNS = [
-    "run_id", "time", "script", "method", "dataset", "arch", "head", "debias", "mochi", "aug", "policy", "crops",
+    "run_id", "time", "study", "script", "method", "dataset", "arch", "head", "debias", "mochi", "aug", "policy", "crops",
     "crop_size", "epochs", "batch_size", "lr", "optimizer", "precision", "world_size", "seed", "knn_top1_final",
     "knn_top1_best", "linear_top1", "linear_top5", "supervised_top1", "wall_time_s", "images_per_s", "peak_gpu_mem_gb",
-    "hardware", "data", "run_dir", "git_commit", "method_options", "args",
+    "hardware", "data", "run_dir", "git_commit", "torch", "method_options", "args",
 ]
 CURVE_COLUMNS = ["run_id", "epoch", "loss", "knn_top1", "lr", "epoch_s"]
 SEARCH_COLUMNS = ["study", "trial", "policy", "proxy_score", "state", "seconds", "method", "dataset", "spec", "seed",
@@ -37,7 +37,7 @@ SEARCH_COLUMNS = ["study", "trial", "policy", "proxy_score", "state", "seconds",
 SEARCH_REQUIRED = SEARCH_COLUMNS[:6]
 REFERENCE_COLUMNS = ["source", "method", "dataset", "config", "epochs", "metric", "value"]
 JSON_COLUMNS = ["policy", "method_options", "args"]  # long texts: a one-line preview in `runs`, in full in `args`
-SUMMARY_KEYS = ["dataset", "method", "aug", "epochs"]
+SUMMARY_KEYS = ["study", "dataset", "method", "arch", "crop_size", "aug", "epochs"]  # seeds of one setting
 SUMMARY_METRICS = ["knn_top1_final", "knn_top1_best", "linear_top1"]
 SHEET_ORDER = ["runs", "summary", "chart", "curves", "args", "search", "reference"]  # where a new sheet goes
 
@@ -50,7 +50,7 @@ COLUMN_FORMATS = {
     **{f"{metric}_{stat}": ACCURACY for metric in SUMMARY_METRICS for stat in ("mean", "std")},
 }
 CONTENT_WIDTHS = {  # characters the usual values need; a column is at least as wide as its bold header
-    "time": 20, "script": 19, "method": 11, "dataset": 13, "arch": 10, "head": 14, "mochi": 12, "aug": 18,
+    "time": 20, "script": 19, "method": 11, "dataset": 13, "arch": 14, "head": 14, "mochi": 12, "aug": 18,
     "policy": 30, "optimizer": 10, "hardware": 28, "data": 36, "run_dir": 50, "git_commit": 12,
     "method_options": 30, "args": 30, "study": 20, "spec": 22, "state": 10, "seeds": 12,
 }
@@ -99,8 +99,10 @@ def run_row(*, script, method, options, dataset_info, crop_size, views, optimize
     few_classes = dataset_info.num_classes <= 10  # top-5 of 10 classes says little
     knn = [r["knn_top1"] for r in history if r["knn_top1"] is not None]
     trained = [r for r in history if r["epoch"] > 0]  # epoch 0: the network evaluated at initialisation
+    arch = options.arch if getattr(options, "width", 1.0) == 1.0 else f"{options.arch} x{options.width:g}"
     return dict(
-        script=script, method=method, dataset=options.dataset, arch=options.arch, aug=options.aug, crops=views,
+        study=getattr(options, "study", None) or None, script=script, method=method, dataset=options.dataset,
+        arch=arch, aug=options.aug, crops=views,
         crop_size=crop_size, epochs=history[-1]["epoch"] if history else 0, batch_size=options.batch_size,
         lr=lr, optimizer=optimizer, precision=precision, world_size=world_size, seed=options.seed,
         knn_top1_final=_rounded(knn[-1] if knn else None), knn_top1_best=_rounded(max(knn, default=None)),
@@ -108,7 +110,13 @@ def run_row(*, script, method, options, dataset_info, crop_size, views, optimize
         supervised_top1=_rounded(supervised[0]), wall_time_s=round(time.time() - started, 1),
         images_per_s=round(sum(r["images_per_s"] for r in trained) / len(trained), 1) if trained else None,
         peak_gpu_mem_gb=peak_gpu_mem_gb, hardware=hardware, data=data, run_dir=str(run_dir), git_commit=git_commit,
-        policy=policy, args=json.dumps(vars(options), default=str), **method_fields)
+        torch=torch_version(), policy=policy, args=json.dumps(vars(options), default=str), **method_fields)
+
+
+def torch_version():
+    """The torch build a row was made with (with the git commit, what reproduces it; requirements.lock pins the rest)."""
+    from importlib.metadata import version  # torch itself is not imported by the workbook code
+    return version("torch")
 
 
 def curve_rows(history):
@@ -131,7 +139,9 @@ def check_writable(path):
     one temp file beside it (os.access says yes to root where writing fails, e.g. in /proc); touches nothing else."""
     path = Path(os.path.realpath(path))
     problem = None
-    if path.is_dir():
+    if path.suffix.lower() != ".xlsx":  # a .csv or .txt of the user's would otherwise be moved aside as corrupt
+        problem = "its name does not end in .xlsx"
+    elif path.is_dir():
         problem = "it is a directory"
     elif not path.parent.exists():
         problem = f"its directory {path.parent} does not exist"
@@ -369,7 +379,8 @@ def _next_run_id(runs):
 
 
 def _rebuild_summary(workbook):
-    """Mean ± sample std over the runs (seeds) of each dataset × method × aug × epochs; hardware does not split them."""
+    """Mean ± sample std over the runs (seeds) of each setting (SUMMARY_KEYS: a study, or rows without one, split by
+    dataset, method, backbone, crop size, aug and epochs); hardware does not split them."""
     groups = {}
     for record in _records(workbook["runs"]):
         groups.setdefault(tuple(record.get(key) for key in SUMMARY_KEYS), []).append(record)

@@ -24,7 +24,7 @@ from pathlib import Path
 import training
 from augmentations import SEARCH_SPACE, policy_from_params, policy_to_json, resolve_policy
 from cli import ArgumentParser, UserError, parse_with_given, run_main
-from datasets import dataset_info
+from datasets import check_crop_size, dataset_info
 from methods import METHODS, RawPixels, get_method
 from results import append_search_trials
 
@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p = training.add_run_options(ArgumentParser(description=__doc__.split("\n")[0], parents=[choose]), method)
     p.add_argument("--trials", type=int, default=20, help="trials of the study in all (over every process)")
     p.add_argument("--storage", default="sqlite:///search.db", help="Optuna storage URL (SQLite, PostgreSQL, ...)")
-    p.add_argument("--study", default=None, help="study name; None: <method>-<dataset>")
+    p.set_defaults(study=None)  # the run option --study names the Optuna study too; None: <method>-<dataset>
     p.add_argument("--out", default=None, help="folder for trial policies, runs, plots, best.json; None: search-<study>")
     p.add_argument("--prune-below", type=float, default=None, metavar="SCORE",
                    help="also prune a trial whose validation kNN top-1 falls below SCORE at any epoch")
@@ -65,7 +65,7 @@ def parse_args(argv=None):
 def run_options(options, **changes):
     """The options of one proxy run: the search's own options dropped, the run's set."""
     opts = copy.copy(options)
-    for name in ("trials", "storage", "study", "out", "base", "grid", "seeds", "baselines", "method", "prune_below",
+    for name in ("trials", "storage", "out", "base", "grid", "seeds", "baselines", "method", "prune_below",
                  "heartbeat"):
         delattr(opts, name)
     for name, value in changes.items():
@@ -77,6 +77,9 @@ def run_options(options, **changes):
 
 def grid(method, options):
     """Every spec x seed (and the baselines), each run once: a rerun of the same command skips the finished ones."""
+    size = check_crop_size(dataset_info(options.dataset), options.crop_size)
+    for spec in options.grid:  # every spec before the first run: a typo in the last must not cost the others' time
+        resolve_policy(spec, size)
     out, done_path = options.out, options.out / "grid.json"
     out.mkdir(parents=True, exist_ok=True)
     done = json.loads(done_path.read_text()) if done_path.exists() else {}
@@ -172,7 +175,7 @@ def search(method, options):
     (out / "trials").mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is printed here, in one line
     study = open_study(options)
-    size = options.crop_size or dataset_info(options.dataset).image_size
+    size = check_crop_size(dataset_info(options.dataset), options.crop_size)
 
     cannot_run = []
 

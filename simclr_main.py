@@ -26,6 +26,7 @@ def parse_args(argv=None):
     option("contrastive", type=str2bool, default=True, help="True: SimCLR; False: supervised baseline")
     option("base_model", dest="arch", type=resnet_depth, choices=["resnet18", "resnet50"],
            default="resnet18", metavar="{18,50}", help="ResNet depth")
+    option("width", type=float, default=1.0, help="ResNet channels x this (0.25: a CPU-sized net)")
     option("lr", type=float, default=None, help="default per optimizer: adam 3e-4, sgd 0.1, lars 0.3 × batch/256")
     option("wd", type=float, default=None, help="weight decay; default per optimizer: adam 1e-6, sgd 5e-4, lars 1e-6")
     option("epoch", dest="epochs", type=int, default=100)

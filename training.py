@@ -4,6 +4,7 @@ Every door parses its own options (add_run_options declares the shared ones once
 import copy
 import csv
 import json
+import math
 import sys
 import os
 import random
@@ -152,6 +153,8 @@ def add_run_options(parser, method):
     defaults of its published recipe."""
     p = parser
     p.add_argument("-a", "--arch", default="resnet18", choices=ARCHS)
+    p.add_argument("--width", type=float, default=1.0,
+                   help="channels of every ResNet stage x this (0.25: 16-32-64-128 for resnet18; a CPU-sized net)")
     p.add_argument("--dataset", default="cifar10", help=f"one of: {', '.join(DATASETS)}")
     p.add_argument("--data-dir", default="data", help="torchvision root (or ImageFolder root) of the dataset")
     p.add_argument("--download", action="store_true", default=True, help="download torchvision datasets if absent")
@@ -194,6 +197,8 @@ def add_run_options(parser, method):
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the first step compiles)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--study", default=None,
+                   help="study name, recorded in the workbook row; the summary sheet never mixes two studies")
     p.add_argument("--resume", default=None, help="checkpoint_last.pth of the run to continue (its options are kept)")
     p.add_argument("--results-dir", default=None, help="run directory; None: runs/<time>-<method>-<dataset>-<aug>")
     p.add_argument("--results", default=str(results.default_path()), help="workbook every run appends to")
@@ -226,6 +231,8 @@ def check_options(method, opts):
     for name in ("wd", "linear_epochs", "workers", "knn_every"):
         if getattr(opts, name) is not None and getattr(opts, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(opts, name)}")
+    if not (math.isfinite(opts.width) and opts.width > 0):
+        raise UserError(f"--width must be > 0, got {opts.width}")
     if opts.val_size < 0:
         raise UserError(f"--val-size must be >= 0, got {opts.val_size}")
     if opts.subset is not None and opts.subset <= 0:
@@ -234,6 +241,8 @@ def check_options(method, opts):
         raise UserError(f"--bn-splits must be >= 1 (1 = plain BatchNorm), got {opts.bn_splits}")
     if method.views is None and opts.crops < 2:
         raise UserError(f"--crops must be 2 or more ({method.name} needs a query and a key view), got {opts.crops}")
+    if method.views is not None and method.views > 1 and opts.crops != method.views:
+        raise UserError(f"--crops {opts.crops}: {method.name} trains on exactly {method.views} views of each image")
     check_local_crops(method, opts)
     method.check_options(opts)
 
@@ -271,7 +280,7 @@ def train_views(method, opts, policy, crop_size):
 CHECKPOINT_FORMAT = 2
 # What a resume may change: where and how it runs. --epochs may only grow. Anything else would be another run.
 RESUME_MAY_CHANGE = {"workers", "results", "results_dir", "precision", "channels_last", "compile", "data_dir",
-                     "download", "resume"}
+                     "download", "resume", "study"}
 
 
 def make_run_dir(results_dir, default_name, resuming):
@@ -332,6 +341,18 @@ def resumed_options(method, options, given, state, path):
                             f"options it was started with (see {Path(state['run_dir']) / 'args.json'})")
     merged.resume = options.resume
     return merged
+
+
+RECORDED = "recorded.json"  # written after the run's row: a bare --resume of a finished run then adds nothing
+
+
+def check_unfinished(state, opts):
+    """A bare --resume of a run that trained all its epochs and wrote its row would count it twice in the summary."""
+    recorded = Path(state["run_dir"]) / RECORDED
+    if state["epoch"] >= opts.epochs and recorded.exists():
+        row = json.loads(recorded.read_text())
+        raise UserError(f"the run in {state['run_dir']} finished its {state['epoch']} epochs and is run "
+                        f"{row['run_id']} of {row['results']}; nothing to do (raise --epochs to train it further)")
 
 
 def record_start(run_dir, options):
@@ -484,10 +505,11 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
     if opts.resume:
         state = load_checkpoint(opts.resume)
         opts = resumed_options(method, opts, given, state, opts.resume)
+        check_unfinished(state, opts)
     check_options(method, opts)
     optimizer_name, lr, wd, warmup = method.optimizer_recipe(opts)
     info = dataset_info(opts.dataset)
-    crop_size = check_crop_size(info, opts.crop_size or info.image_size)
+    crop_size = check_crop_size(info, opts.crop_size)
     policy = resolve_policy(opts.aug, crop_size)
     train_images, views = train_views(method, opts, policy, crop_size)
     eval_transform = build_transform("eval", crop_size)
@@ -511,10 +533,14 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
     pretrain = splits.memory if method.needs_labels else splits.pretrain  # STL-10: train+unlabeled vs train
     if opts.batch_size > len(pretrain):
         raise UserError(f"--batch-size {opts.batch_size} is larger than the {len(pretrain)} training images")
+    for note in method.notes(opts, len(pretrain)) if rt.is_main else ():
+        print(f"note: {note}")
     per_class = len(splits.memory) / info.num_classes
     if rt.is_main and opts.knn_k > per_class:
+        smaller = max(1, min(20, int(per_class) // 2))
         print(f"note: --knn-k {opts.knn_k} is more than the kNN memory bank's {per_class:.0f} images per class, so "
-              "every query's vote leans to the bank's class counts; a smaller --knn-k (e.g. 20) separates features")
+              f"every query's vote leans to the bank's class counts; a smaller --knn-k (e.g. {smaller}) separates "
+              "features")
     train_loader, memory_loader, test_loader = build_loaders(rt, opts, train_images, eval_transform, pretrain,
                                                              splits.memory, scored, batch)
 
@@ -603,6 +629,8 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
         **model.record_fields())
     if rt.is_main:
         record["run_id"] = results.append_run(opts.results, record, results.curve_rows(log.history))
+        (run_dir / RECORDED).write_text(json.dumps(dict(run_id=record["run_id"], results=str(opts.results),
+                                                        epochs=record["epochs"])))
         if not quiet:
             print(f"kNN top-1 final {record['knn_top1_final']}, best {record['knn_top1_best']} | "
                   f"results: {opts.results} (run {record['run_id']}) | run dir: {run_dir}")

@@ -57,3 +57,27 @@ def test_help_shows_every_default_and_bad_options_are_user_errors(capsys):
     with pytest.raises(UserError, match="unrecognized arguments"):
         parser().parse_args(["--epoch", "3"])  # no abbreviations
     assert torch.__version__
+
+
+@pytest.mark.parametrize("door,argv", [
+    ("moco_augmented", ["--moco-t", "inf"]), ("moco_augmented", ["--knn-t", "nan"]),
+    ("moco_augmented", ["--lr", "nan"]), ("moco_augmented", ["--wd", "inf"]), ("pretrain", ["--method", "byol",
+                                                                                             "--tau-base", "nan"]),
+    ("simclr_main", ["-temperature", "nan"]), ("simclr_main", ["-lr", "inf"]), ("search_augment", ["--lr", "nan"])])
+def test_every_float_option_refuses_nan_and_inf_when_parsed(door, argv, capsys, monkeypatch):
+    """Before the fix `--moco-t inf` trained at a constant loss ln(K+1) and wrote a row; `--knn-t nan` scored 9.2%."""
+    import importlib
+
+    from conftest import error_of
+    main = importlib.import_module(door).main
+    monkeypatch.setattr("training.run", lambda *a, **k: pytest.fail("trained on a non-finite option"))
+    line = error_of(argv, capsys, main)
+    assert "expected a finite number" in line and argv[-1] in line
+
+
+def test_a_float_option_that_is_not_a_number_is_one_line():
+    parser = ArgumentParser()
+    parser.add_argument("--lr", type=float, default=0.1)
+    assert parser.parse_args(["--lr", "1e-3"]).lr == 1e-3
+    with pytest.raises(UserError, match="argument --lr: expected a number, got 'fast'"):
+        parser.parse_args(["--lr", "fast"])

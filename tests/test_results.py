@@ -171,7 +171,7 @@ def test_summary_is_mean_and_sample_std_over_seeds(tmp_path):
 
     sheet = openpyxl.load_workbook(path)["summary"]
     summary = {(r["dataset"], r["method"], r["aug"], r["epochs"]): r for r in records(sheet)}
-    assert len(summary) == 3
+    assert len(summary) == 3 and len(records(sheet)) == 3
 
     def mean_std(values):
         mean = sum(values) / len(values)
@@ -191,6 +191,22 @@ def test_summary_is_mean_and_sample_std_over_seeds(tmp_path):
     assert long_run["knn_top1_best_n"] == 0 and long_run["knn_top1_final_mean"] == 80.0  # "nan" is not a number
     mean_cell = sheet.cell(2, rows(sheet)[0].index("knn_top1_final_mean") + 1)
     assert isinstance(mean_cell.value, (int, float)) and mean_cell.number_format == "0.00"
+
+
+def test_summary_never_mixes_two_studies_or_backbones(tmp_path):
+    """Two studies with the same dataset, method, aug and epochs (and the v1 rows without a study) stay apart, and so do
+    two backbone widths or crop sizes within one study."""
+    path = tmp_path / "results.xlsx"
+    for study, arch, crop, final in [(None, "resnet18", 16, 30.0), (None, "resnet18", 16, 32.0),
+                                     ("cpu-recipe", "resnet18 x0.25", 28, 70.0), ("cpu-recipe", "resnet18 x0.25", 28, 74.0),
+                                     ("cpu-recipe", "resnet18 x0.5", 28, 80.0), ("cpu-recipe", "resnet18 x0.25", 16, 60.0),
+                                     ("aug-study", "resnet18 x0.25", 28, 50.0)]:
+        results.append_run(path, make_run(study=study, arch=arch, crop_size=crop, knn_top1_final=final), [])
+    summary = {(r["study"], r["arch"], r["crop_size"]): r for r in records(openpyxl.load_workbook(path)["summary"])}
+    assert {key: (r["runs"], r["knn_top1_final_mean"]) for key, r in summary.items()} == {
+        (None, "resnet18", 16): (2, 31.0), ("cpu-recipe", "resnet18 x0.25", 28): (2, 72.0),
+        ("cpu-recipe", "resnet18 x0.5", 28): (1, 80.0), ("cpu-recipe", "resnet18 x0.25", 16): (1, 60.0),
+        ("aug-study", "resnet18 x0.25", 28): (1, 50.0)}
 
 
 def make_trials(study, n):
@@ -343,7 +359,7 @@ def test_user_columns_are_kept(tmp_path):
     book.save(path)
     assert results.append_run(path, make_run(script="=not a formula"), []) == "r0002"
     runs = rows(openpyxl.load_workbook(path)["runs"])
-    assert runs[1][-1] == "my note" and runs[2][2] == "=not a formula"
+    assert runs[1][-1] == "my note" and runs[2][runs[0].index("script")] == "=not a formula"
 
 
 def test_an_older_workbook_takes_the_new_layout_until_it_has_runs(tmp_path):

@@ -86,6 +86,10 @@ def test_grid_gives_one_row_per_spec_and_seed_and_skips_finished_ones(tmp_path, 
 def test_bad_options_are_one_line(tmp_path, capsys):
     assert "--trials" in error_of(search_argv(tmp_path, 0), capsys, search_augment.main)
     assert "nosuchop" in error_of([*search_argv(tmp_path, 1), "--base", "ours+nosuchop"], capsys, search_augment.main)
+    # a bad last spec used to fail only after the first spec had trained and been recorded in full
+    grid = [*TINY, "--grid", "original", "nosuch", "--out", str(tmp_path / "grid"), "--results", str(tmp_path / "r.xlsx")]
+    assert "nosuch" in error_of(grid, capsys, search_augment.main)
+    assert not (tmp_path / "r.xlsx").exists() and not (tmp_path / "grid").exists()
 
 
 def test_a_proxy_that_cannot_run_stops_the_search_with_one_line_after_one_failed_trial(tmp_path, capsys):

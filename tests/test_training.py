@@ -112,7 +112,11 @@ def test_pixels_baseline_needs_no_training(tmp_path):
 
 
 def test_check_options_refuses_impossible_values():
-    for change, message in [(dict(bn_splits=0), "--bn-splits must be >= 1"), (dict(knn_every=-1), "--knn-every"),
+    with pytest.raises(UserError, match="--crops 1: simclr trains on exactly 2 views"):
+        training.check_options(SimCLR, training.default_options(SimCLR, crops=1))  # it used to train 2 silently
+    with pytest.raises(UserError, match="crop size 0 is out of range"):
+        training.run(MoCo, training.default_options(MoCo, crop_size=0))  # it used to mean the native size
+    for change, message in [(dict(width=0.0), "--width must be > 0"), (dict(bn_splits=0), "--bn-splits must be >= 1"), (dict(knn_every=-1), "--knn-every"),
                             (dict(val_size=-1), "--val-size"), (dict(batch_size=0), "--batch-size must be > 0")]:
         with pytest.raises(UserError, match=message):
             training.check_options(MoCo, training.default_options(MoCo, **change))
@@ -129,4 +133,21 @@ def test_a_knn_k_above_the_banks_images_per_class_is_noted(tmp_path, capsys):
         return capsys.readouterr().out
 
     assert "note: --knn-k 200 is more than the kNN memory bank's 4 images per class" in evaluate_at_init(200)
+    assert "(e.g. 2)" in evaluate_at_init(20)  # it used to suggest 20, the value the user gave
     assert "--knn-k" not in evaluate_at_init(4)
+
+
+def test_a_queue_as_long_as_the_training_set_is_noted(tmp_path, capsys):
+    """MoCo's queue holds the last K keys: with K >= the training images, each image meets its own earlier key."""
+    def note_at_init(moco_k):
+        options = training.default_options(MoCo, dataset="synthetic", subset=64, batch_size=16, crop_size=16, workers=0,
+                                           epochs=0, linear_epochs=0, knn_k=4, moco_k=moco_k, bn_splits=1,
+                                           results=str(tmp_path / "r.xlsx"), results_dir=str(tmp_path / f"k{moco_k}"))
+        training.run(MoCo, options, quiet=True)
+        return [line for line in capsys.readouterr().out.splitlines() if "--moco-k" in line]
+
+    (line,) = note_at_init(64)
+    assert line.startswith("note: --moco-k 64 is at least the 64 training images") and "own earlier key" in line
+    assert note_at_init(63) == []
+    with_note = training.default_options(SimCLR, subset=8)
+    assert SimCLR.notes(with_note, 8) == []  # no queue, no note
