@@ -72,16 +72,20 @@ def _init_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def make_loader(dataset, batch_size, workers, sampler=None, drop_last=False, device_type="cpu", persistent=True):
+def make_loader(dataset, batch_size, workers, sampler=None, drop_last=False, device_type="cpu", persistent=True,
+                seed=0):
+    """Each loader has its own generator: making an iterator draws its workers' base seed from it, not from torch's
+    global RNG, which the run's own draws (shuffle-BN, MoCHi) use and a checkpoint restores. A resumed process makes
+    its iterators at other epochs than a straight run, and must not shift those draws by doing so."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
                       pin_memory=device_type == "cuda", persistent_workers=persistent and workers > 0,
-                      worker_init_fn=_init_worker)
+                      worker_init_fn=_init_worker, generator=torch.Generator().manual_seed(seed))
 
 
 def make_train_loader(rt, dataset, batch_size, workers, seed=0) -> DataLoader:
     """Shuffled, augmentation-seeded loader of full batches of this process's share (call sampler.set_epoch)."""
     sampler = EpochSampler(dataset, rt.rank, rt.world_size, seed)
-    return make_loader(dataset, batch_size, workers, sampler, drop_last=True, device_type=rt.device.type)
+    return make_loader(dataset, batch_size, workers, sampler, drop_last=True, device_type=rt.device.type, seed=seed)
 
 
 class ReplayedBatches:

@@ -115,6 +115,19 @@ def test_bare_resume_continues_exactly_with_the_runs_own_options(tmp_path, capsy
     assert [r["epoch"] for r in log_of(killed)] == ["1", "2", "3"]
 
 
+def test_resume_is_exact_with_the_monitor_every_epoch(tmp_path):
+    """A 3-epoch run with the kNN monitor every epoch, killed after epoch 1 and resumed bare, ends with the straight
+    run's epoch-3 loss. Before the fix every loader iterator drew its seed from torch's global RNG, and the resumed
+    process made its first eval iterator an epoch later than the straight run, so shuffle-BN's permutations moved."""
+    extra = ["--knn-every", "1", "--linear-epochs", "0", "--width", "0.25", "--epochs", "3"]
+    straight = run(tmp_path, *extra, name="straight", epochs=3)
+    killed = killed_after_epoch_1(tmp_path, *extra, name="killed")
+    moco_augmented.main(["--resume", str(killed / "checkpoint_last.pth")])
+    logs = [log_of(d) for d in (straight, killed)]
+    assert [r["epoch"] for r in logs[1]] == ["1", "2", "3"]
+    assert [(r["loss"], r["knn_top1"]) for r in logs[1]] == [(r["loss"], r["knn_top1"]) for r in logs[0]]
+
+
 def test_resume_with_mochi_and_debias_continues_exactly(tmp_path):
     queue_options = ["--mochi", "16", "4", "2", "--debias", "0.1", "--knn-every", "0", "--linear-epochs", "0"]
     straight = run(tmp_path, *queue_options, name="straight", epochs=2)
