@@ -5,6 +5,7 @@ import dataclasses
 import gzip
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -224,7 +225,9 @@ def _read_idx(path) -> np.ndarray:
             raise ValueError("no uint8 idx header")
         dims = np.frombuffer(data, ">u4", count=data[3], offset=4).astype(int)
         return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(dims)
-    except (OSError, EOFError, ValueError) as error:  # gzip.BadGzipFile is an OSError; a short payload a ValueError
+    except PermissionError as error:
+        raise UserError(f"{path} cannot be read ({error.strerror}): give your user read access to it") from None
+    except (OSError, EOFError, ValueError, zlib.error) as error:  # BadGzipFile is an OSError; a damaged stream zlib's
         raise UserError(f"{path} is not a readable uint8 idx file ({error}): replace it") from error
 
 
@@ -243,7 +246,11 @@ def _fashionmnist(root: Path, download: bool):
     cls = torchvision.datasets.FashionMNIST
     raw = root / cls.__name__ / "raw"  # where torchvision downloads them
     folders = [root, raw, Path(DEBIAN_FASHION_MNIST)]
-    files = next(filter(None, map(_fashion_files, folders)), None)
+    try:
+        files = next(filter(None, map(_fashion_files, folders)), None)
+    except PermissionError as error:  # a folder on the search path that this user may not list
+        raise UserError(f"{error.filename} cannot be read ({error.strerror}): give your user access to it, or "
+                        "choose another --data-dir") from None
     failure = ""
     if files is None and download:
         try:

@@ -49,6 +49,12 @@ def parse_args(argv=None):
     p.add_argument("--baselines", action="store_true",
                    help="grid: also the network at initialisation and raw pixels, on the same protocol")
     p.set_defaults(epochs=2, batch_size=64, linear_epochs=0, knn_every=1)  # the proxy's budget
+    for action in p._actions:  # these two defaults depend on the mode, which --help must say
+        if action.dest == "knn_k":
+            action.help = "kNN neighbours (default: 20 for a search's proxy, 200 with --grid, the monitor's protocol)"
+        elif action.dest == "val_size":
+            action.help = ("labelled training images held out for scoring (default: 250 for a search; 0 with --grid, "
+                           "which scores on the test set)")
     options, given = parse_with_given(p, argv)
     if options.grid is None:  # the search's proxy score; the grid keeps the monitor's protocol unless asked
         if "val_size" not in given:
@@ -176,6 +182,10 @@ def search(method, options):
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is printed here, in one line
     study = open_study(options)
     size = check_crop_size(dataset_info(options.dataset), options.crop_size)
+    scored = "validation" if options.val_size else "test"
+    if not options.val_size:
+        print("warning: --val-size 0 scores every trial on the test set, so the search optimises on it and its best "
+              "score is biased upward; hold out a validation split (--val-size 250) to keep the test set for the end")
 
     cannot_run = []
 
@@ -194,7 +204,7 @@ def search(method, options):
             below = options.prune_below is not None and metrics["knn_top1"] < options.prune_below
             if below or trial.should_prune():
                 record(metrics["knn_top1"], "PRUNED")
-                print(f"trial {trial.number}: pruned after epoch {epoch} (validation kNN top-1 "
+                print(f"trial {trial.number}: pruned after epoch {epoch} ({scored} kNN top-1 "
                       f"{metrics['knn_top1']:.2f})")
                 raise optuna.TrialPruned()
 
@@ -215,7 +225,7 @@ def search(method, options):
             for checkpoint in run_dir.glob("*.pth"):  # each would add up to gigabytes over a study; log.csv stays
                 checkpoint.unlink()
         record(score, "COMPLETE")
-        print(f"trial {trial.number}: validation kNN top-1 {score:.2f}")
+        print(f"trial {trial.number}: {scored} kNN top-1 {score:.2f}")
         return score
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
@@ -242,7 +252,7 @@ def search(method, options):
                                quiet=True)["knn_top1_final"]
             for name, aug in (("best-test", str(out / "best.json")), ("base-test", options.base))}
     print(f"best policy {out / 'best.json'}: {best.user_attrs['policy']}")
-    print(f"proxy (validation kNN top-1): best {best.value:.2f} vs base '{options.base}' {base_score:.2f}, ratio "
+    print(f"proxy ({scored} kNN top-1): best {best.value:.2f} vs base '{options.base}' {base_score:.2f}, ratio "
           f"{best.value / max(base_score, 1e-9):.3f} | test re-check: best {test['best-test']:.2f} vs base "
           f"{test['base-test']:.2f} | {len(completed)} completed of {len(study.trials)} trials")
     return study

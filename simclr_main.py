@@ -18,14 +18,14 @@ def resnet_depth(value):
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
 
     def option(name, dest=None, **kwargs):  # the seed's single-dash name, its -- alias, the run option it sets
         p.add_argument(f"-{name}", f"--{name}", dest=dest or name, **kwargs)
 
     option("contrastive", type=str2bool, default=True, help="True: SimCLR; False: supervised baseline")
     option("base_model", dest="arch", type=resnet_depth, choices=["resnet18", "resnet50"],
-           default="resnet18", metavar="{18,50}", help="ResNet depth")
+           default="18", metavar="{18,50}", help="ResNet depth")
     option("width", type=float, default=1.0, help="ResNet channels x this (0.25: a CPU-sized net)")
     option("lr", type=float, default=None, help="default per optimizer: adam 3e-4, sgd 0.1, lars 0.3 × batch/256")
     option("wd", type=float, default=None, help="weight decay; default per optimizer: adam 1e-6, sgd 5e-4, lars 1e-6")

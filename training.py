@@ -525,6 +525,9 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
               "BatchNorm already sees its own sub-batch, so it is ignored")
     if batch % bn_splits:
         raise UserError(f"the batch of {batch} per process does not split into --bn-splits {bn_splits} equal parts")
+    if opts.epochs and batch // bn_splits < 2:  # BatchNorm1d in a head cannot normalise over one image
+        raise UserError(f"--batch-size {opts.batch_size} leaves {batch // bn_splits} image per BatchNorm batch "
+                        f"(per process{' and split' if bn_splits > 1 else ''}); training needs at least 2")
 
     splits = load_splits(opts.dataset, opts.data_dir, download=opts.download, subset=opts.subset, seed=opts.seed,
                          val_size=opts.val_size)

@@ -81,3 +81,26 @@ def test_a_float_option_that_is_not_a_number_is_one_line():
     assert parser.parse_args(["--lr", "1e-3"]).lr == 1e-3
     with pytest.raises(UserError, match="argument --lr: expected a number, got 'fast'"):
         parser.parse_args(["--lr", "fast"])
+
+
+def test_help_texts_say_what_each_door_does(capsys):
+    """--help as a user reads it: the search's mode-dependent defaults, simclr_main's whole description and its
+    -base_model default as the flag takes it, and no '(default: True)' on a --no-... switch."""
+    import moco_augmented
+    import search_augment
+    import simclr_main
+
+    def help_of(main):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    search = help_of(search_augment.main)
+    assert "default: 20 for a search's proxy, 200 with --grid" in search and "default: 250 for a search" in search
+    simclr = help_of(simclr_main.main)
+    assert "the supervised baseline). The seed's flags." in simclr and "ResNet depth (default: 18)" in simclr
+    assert simclr_main.parse_args([])[0].arch == "resnet18"
+    moco = help_of(moco_augmented.main)
+    no_cos = moco[moco.index("--no-cos constant lr"):]
+    assert no_cos.startswith("--no-cos constant lr, or steps with --schedule --schedule")  # no "(default: True)"
+    assert "--cos cosine schedule (the demo's default)" in moco

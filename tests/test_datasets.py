@@ -286,6 +286,12 @@ def test_fashionmnist_unreadable_idx_file_is_named(tmp_path):
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(arrays["t10k-images-idx3-ubyte"]))[:40])
     with pytest.raises(UserError, match="t10k-images-idx3-ubyte.gz is not a readable uint8 idx file"):
         D.load_splits("fashionmnist", tmp_path, download=False)
+    # damaged inside the deflate stream: zlib.error, which used to escape as a traceback
+    gzip_header, reserved_block_type = gzip.compress(b"")[:10], b"\x07"
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip_header + reserved_block_type + bytes(20))
+    with pytest.raises(UserError, match="t10k-images-idx3-ubyte.gz is not a readable uint8 idx file .*invalid block"):
+        D.load_splits("fashionmnist", tmp_path, download=False)
+    write_fashion(tmp_path, arrays)
     write_fashion(tmp_path, dict(arrays, **{"train-labels-idx1-ubyte": arrays["train-labels-idx1-ubyte"][:4]}))
     with pytest.raises(UserError, match="train-labels-idx1-ubyte.gz .* one label each"):
         D.load_splits("fashionmnist", tmp_path, download=False)

@@ -163,6 +163,7 @@ def test_resume_with_mochi_and_debias_continues_exactly(tmp_path):
     (["--results", "/proc/results.xlsx"], "/proc/results.xlsx"),
     (["--precision", "bf16"], "needs a CUDA GPU"),
     (["--crop-size", "0"], "crop size 0 is out of range"),
+    (["--batch-size", "2", "--bn-splits", "2"], "leaves 1 image per BatchNorm batch"),
     (["--width", "-0.5"], "--width must be > 0"),
     (["--moco-t", "inf"], "expected a finite number"),
 ])

@@ -62,6 +62,9 @@ def test_contrastive_flag_spellings(value, expected):
     (["-finetune_epochs", "-1"], "--linear-epochs must be >= 0"),
     (["-subset", "16"], "larger than the 16 training images"),
     (["-results", "/nonexistent-dir/r.xlsx"], "r.xlsx"),
+    (["-batch_size", "1"], "--batch-size 1 leaves 1 image per BatchNorm batch"),  # was BatchNorm1d's traceback
+    (["-temperature", "nan"], "expected a finite number"),
+    (["-width", "0"], "--width must be > 0"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, capsys, extra, message):
     argv = [*TINY, "-epoch", "1", "-results", str(tmp_path / "r.xlsx"), "-results_dir", str(tmp_path / "x"), *extra]
