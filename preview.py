@@ -86,9 +86,13 @@ def read_image(args):
     if args.image:
         if not Path(args.image).is_file():  # checked first: cv2.imread would also print its own warning
             raise UserError(f"cannot read image {args.image}: no such file")
-        image = cv2.imdecode(np.fromfile(args.image, np.uint8), cv2.IMREAD_COLOR)
+        data = np.fromfile(args.image, np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None  # cv2 asserts on an empty buffer
         if image is None:
             raise UserError(f"cannot read image {args.image}: not an image file OpenCV can decode")
+        if min(image.shape[:2]) < 8:  # the crops of a smaller image are not defined (Albumentations raises)
+            raise UserError(f"image {args.image} is {image.shape[1]}x{image.shape[0]} px; the preview needs at least "
+                            "8 px on each side")
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     from datasets import load_splits  # only when a dataset is asked for: reading an image file needs no torchvision
 

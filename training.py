@@ -294,6 +294,13 @@ def make_run_dir(results_dir, default_name, resuming):
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create run directory {run_dir}: {e.strerror}") from None
+    stale = [run_dir / name for name in ("log.csv", "checkpoint_last.pth.tmp", "checkpoint_best.pth.tmp")]
+    stale = [path for path in stale if path.exists()] if not resuming else []
+    if stale:  # a start killed before its first checkpoint: its epochs would be logged twice
+        print(f"note: {run_dir} holds a start that ended before its first checkpoint; starting it afresh "
+              f"(removed {', '.join(path.name for path in stale)})")
+        for path in stale:
+            path.unlink()
     return run_dir
 
 

@@ -115,6 +115,18 @@ def test_bare_resume_continues_exactly_with_the_runs_own_options(tmp_path, capsy
     assert [r["epoch"] for r in log_of(killed)] == ["1", "2", "3"]
 
 
+def test_a_start_killed_before_its_first_checkpoint_is_started_afresh(tmp_path, capsys):
+    """kill -9 during the first checkpoint write leaves log.csv and a .tmp; the same command again used to append to
+    that log.csv, which then held epoch 1 twice."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "log.csv").write_text("epoch,loss,knn_top1,lr,epoch_s,images_per_s\n1,4.2,,0.06,1.0,64\n")
+    (run_dir / "checkpoint_last.pth.tmp").write_bytes(b"half a checkpoint")
+    run(tmp_path, "--knn-every", "0", "--linear-epochs", "0")
+    assert "starting it afresh (removed log.csv, checkpoint_last.pth.tmp)" in capsys.readouterr().out
+    assert [r["epoch"] for r in log_of(run_dir)] == ["1"] and not (run_dir / "checkpoint_last.pth.tmp").exists()
+
+
 def test_resume_is_exact_with_the_monitor_every_epoch(tmp_path):
     """A 3-epoch run with the kNN monitor every epoch, killed after epoch 1 and resumed bare, ends with the straight
     run's epoch-3 loss. Before the fix every loader iterator drew its seed from torch's global RNG, and the resumed

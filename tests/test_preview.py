@@ -77,6 +77,7 @@ def test_long_labels_wrap():
     (["--n", "0"], "error: --n must be at least 1, --tile at least 8 and --local-crops at least 0"),
     (["--bogus"], "error: unrecognized arguments: --bogus (see --help)"),
     (["--local-crops", "2", "--preset", "supervised"], "error: multi-crop needs the random resized crop 'crop'"),
+    (["--size", "0"], "error: --size must be at least 1 px, got 0"),  # 0 used to mean the image's own size
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, source, capsys, argv, message):
     with pytest.raises(SystemExit) as exit:
@@ -84,6 +85,22 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, source, capsys, argv, mes
     assert exit.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message)
+
+
+@pytest.mark.parametrize("content", ["empty", "1x1"])
+def test_an_empty_or_tiny_image_is_one_line(tmp_path, capsys, content):
+    """Both used to end in a traceback: cv2.error on the empty buffer, Albumentations' ValueError on 1x1."""
+    image = tmp_path / "image.png"
+    if content == "empty":
+        image.write_bytes(b"")
+    else:
+        assert cv2.imwrite(str(image), np.zeros((1, 1, 3), np.uint8))
+    with pytest.raises(SystemExit) as exit:
+        run_main(lambda *_: preview.main(["--image", str(image), "--out", str(tmp_path / "v.png")]))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit.value.code == 2 and len(lines) == 1
+    assert lines[0] == (f"error: cannot read image {image}: not an image file OpenCV can decode" if content == "empty"
+                        else f"error: image {image} is 1x1 px; the preview needs at least 8 px on each side")
 
 
 def test_script_error_exits_2(tmp_path):
