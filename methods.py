@@ -139,11 +139,16 @@ class MoCo(Method):
 
     @staticmethod
     def notes(opts, n_train):
-        if opts.moco_k < n_train:
-            return []
-        return [f"--moco-k {opts.moco_k} is at least the {n_train} training images: the queue will hold each image's "
-                "own earlier key as a negative when it comes back, so it is pushed away from itself; a --moco-k "
-                "below the training set size avoids it"]
+        notes = []
+        if opts.moco_k >= n_train:
+            notes.append(f"--moco-k {opts.moco_k} is at least the {n_train} training images: the queue will hold each "
+                         "image's own earlier key as a negative when it comes back, so it is pushed away from itself; "
+                         "a --moco-k below the training set size avoids it")
+        if opts.cos and 0 < opts.epochs <= 10:
+            notes.append(f"the demo's cosine schedule sets each epoch's lr from the next epoch's value, so the last of "
+                         f"these {opts.epochs} epochs trains at lr 0 ({100 / opts.epochs:.0f}% of the run); for a short "
+                         "run use --no-cos (constant lr) or more epochs")
+        return notes
 
     @staticmethod
     def check_options(opts):

@@ -61,6 +61,8 @@ def parse_args(argv=None):
             options.val_size = 250  # a validation split; the grid scores on the test set
         if "knn_k" not in given:
             options.knn_k = 20  # the demo's 200 neighbours are most of a proxy's small memory bank: every vote alike
+        if method.lr_per_epoch and not given & {"cos", "schedule"}:
+            options.cos = False  # MoCo's demo cosine trains the last of 2 proxy epochs at lr 0: half the budget
     options.study = options.study or f"{method.name}-{options.dataset}"
     options.out = Path(options.out or f"search-{options.study}")
     if options.trials < 1 or options.seeds < 1 or options.heartbeat < 1:

@@ -392,8 +392,8 @@ def train_epoch(rt, model, method, loader, optimizer, lr_fn, epoch, epochs):
         # Read the previous step's loss: the GPU has finished it, so the check costs no pipeline stall.
         if previous is not None:
             check_finite(previous, epoch, step - 1)
-            if step % 10 == 1:
-                bar.set_postfix(loss=f"{previous.item():.4f}", lr=f"{lr:.4g}")
+            if step % 10 == 1:  # the epoch's mean so far, the number its line will end with
+                bar.set_postfix(loss=f"{total.item() / step:.4f}", lr=f"{lr:.4g}")
         previous = loss.detach().float()
         total += previous
         n_images += labels.shape[0]

@@ -153,6 +153,14 @@ def test_study_cost_counts_trials_per_hour_and_the_epochs_pruning_saved():
     assert "3 finished trials in 20.0 min" in line and "9.0 trials/hour" in line and "saved 42% of the 12" in line
 
 
+def test_a_moco_proxy_trains_at_constant_lr_unless_told(tmp_path):
+    """The demo's cosine puts the last of the proxy's 2 epochs at lr 0; the search's proxy uses constant lr."""
+    moco = ["--method", "moco", *TINY[2:], "--trials", "1", "--storage", f"sqlite:///{tmp_path / 's.db'}"]
+    assert search_augment.parse_args(moco)[1].cos is False
+    assert search_augment.parse_args([*moco, "--cos"])[1].cos is True
+    assert search_augment.parse_args([*moco, "--grid", "ours"])[1].cos is True  # the grid keeps the recipe's schedule
+
+
 def test_the_search_proxy_scores_with_20_neighbours_unless_told(tmp_path):
     assert search_augment.parse_args(search_argv(tmp_path, 1))[1].knn_k == 20
     assert search_augment.parse_args([*search_argv(tmp_path, 1), "--knn-k", "7"])[1].knn_k == 7

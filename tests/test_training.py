@@ -137,6 +137,15 @@ def test_a_knn_k_above_the_banks_images_per_class_is_noted(tmp_path, capsys):
     assert "--knn-k" not in evaluate_at_init(4)
 
 
+def test_a_short_run_on_the_demo_cosine_is_told_its_last_epoch_trains_at_lr_0():
+    def lr_notes(**change):
+        return [n for n in MoCo.notes(training.default_options(MoCo, **change), 10**6) if "lr 0" in n]
+
+    (note,) = lr_notes(epochs=2)
+    assert "the last of these 2 epochs trains at lr 0 (50% of the run)" in note and "--no-cos" in note
+    assert lr_notes(epochs=200) == [] and lr_notes(epochs=2, cos=False) == [] and lr_notes(epochs=0) == []
+
+
 def test_a_queue_as_long_as_the_training_set_is_noted(tmp_path, capsys):
     """MoCo's queue holds the last K keys: with K >= the training images, each image meets its own earlier key."""
     def note_at_init(moco_k):
