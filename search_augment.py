@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import training
@@ -302,8 +303,6 @@ def open_study(options, attempts=5):
 def sql_storage(options):
     """The SQL storage with heartbeats: a trial whose process died (no heartbeat for 3 intervals) is failed, recorded
     as FAIL in the search sheet, and retried once with the same parameters, by whichever process next asks for one."""
-    import warnings
-
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -339,7 +338,9 @@ def plot_study(study, out):
 
     for name, plot in (("history", plots.plot_optimization_history), ("importances", plots.plot_param_importances)):
         try:
-            axes = plot(study)
+            with warnings.catch_warnings():  # Optuna warns that its matplotlib plots are experimental, every time
+                warnings.simplefilter("ignore")
+                axes = plot(study)
         except (ValueError, RuntimeError) as error:  # importances need 2+ completed trials with varied params
             print(f"note: no {name} plot ({error})")
             continue

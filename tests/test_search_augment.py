@@ -40,8 +40,10 @@ def start_search(argv, tmp_path, log):
                             stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT)
 
 
-def test_tiny_search_end_to_end_writes_best_policy_plots_and_search_sheet(tmp_path, capsys):
+def test_tiny_search_end_to_end_writes_best_policy_plots_and_search_sheet(tmp_path, capsys, recwarn):
     search_augment.main(search_argv(tmp_path, 3))
+    optuna_warnings = [w for w in recwarn if "optuna" in w.filename or w.category is optuna.exceptions.ExperimentalWarning]
+    assert not optuna_warnings, [str(w.message) for w in optuna_warnings]  # they used to end the search's output
     assert states(tmp_path).count("COMPLETE") + states(tmp_path).count("PRUNED") == 3
     best = tmp_path / "out" / "best.json"
     assert policy_from_json(str(best))[0].name == "crop"  # usable as --aug best.json
