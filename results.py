@@ -157,8 +157,26 @@ def check_writable(path):
                 os.close(os.open(path, os.O_WRONLY))  # no O_TRUNC: opening for writing changes nothing
         except OSError as error:
             problem = f"{target} is not writable ({error.strerror})"
+    if not problem and path.exists():
+        problem = _foreign_layout(path)
     if problem:
         raise UserError(f"cannot write the results workbook {path}: {problem} (choose another with --results PATH)")
+
+
+def _foreign_layout(path):
+    """Why a readable workbook cannot take this repo's rows (a `runs` sheet without run_id), or None. An unreadable
+    one is left to the append, which moves it aside with a note."""
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True)
+    except Exception:  # noqa: BLE001 - any damage: handled where the row is written
+        return None
+    try:
+        first_rows = list(workbook["runs"].iter_rows(max_row=2, values_only=True)) if "runs" in workbook.sheetnames else []
+        if len(first_rows) == 2 and "run_id" not in first_rows[0]:  # a header-only sheet takes the current layout
+            return "its `runs` sheet has no run_id column (a workbook of another layout, not one this repo wrote)"
+        return None
+    finally:
+        workbook.close()
 
 
 def append_run(path, run, curves):

@@ -476,3 +476,23 @@ def test_workbook_renders_in_libreoffice(tmp_path, monkeypatch):
     assert 1 <= summary_page <= 5 and "moco_augmented.py" in pages[full][0]
     assert not any("option_79" in text for text in pages[full][:summary_page])
     assert any("option_79" in text for text in pages[full][summary_page:])
+
+
+def test_a_workbook_of_another_layout_is_refused_before_training(tmp_path):
+    """A `runs` sheet without run_id used to raise a ValueError after training (the row went to .unsaved-*.json)."""
+    path = tmp_path / "foreign.xlsx"
+    book = openpyxl.Workbook()
+    book.active.title = "runs"
+    book.active.append(["experiment", "accuracy"])
+    book.active.append(["mine", 91.0])
+    book.save(path)
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="its `runs` sheet has no run_id column"):
+        results.check_writable(path)
+    assert path.read_bytes() == before
+    header_only = tmp_path / "header-only.xlsx"
+    book.active.delete_rows(2)
+    book.save(header_only)
+    results.check_writable(header_only)  # no rows yet: the append lays it out anew
+    (tmp_path / "damaged.xlsx").write_bytes(b"not a zip")
+    results.check_writable(tmp_path / "damaged.xlsx")  # left to the append, which moves it aside with a note
