@@ -50,10 +50,11 @@ COLUMN_FORMATS = {
     **{f"{metric}_{stat}": ACCURACY for metric in SUMMARY_METRICS for stat in ("mean", "std")},
 }
 CONTENT_WIDTHS = {  # characters the usual values need; a column is at least as wide as its bold header
-    "time": 20, "script": 19, "method": 11, "dataset": 13, "arch": 14, "head": 14, "mochi": 12, "aug": 18,
+    "time": 20, "script": 19, "method": 11, "dataset": 13, "arch": 14, "head": 14, "mochi": 12, "aug": 26,
     "policy": 30, "optimizer": 10, "hardware": 28, "data": 36, "run_dir": 50, "git_commit": 12,
     "method_options": 30, "args": 30, "study": 20, "spec": 22, "state": 10, "seeds": 12,
 }
+CONFIG_WIDTH = 60  # the reference sheet's config column; longer configs wrap
 ARGS_WIDTHS = {"policy": 50, "method_options": 40, "args": 100}
 PRINT_WIDTH_PER_PAGE = 150  # column-width units per landscape page: fitting more shrinks the print below ~80 %
 LOCK_TIMEOUT_S = 120
@@ -184,7 +185,7 @@ def append_run(path, run, curves):
     unknown = set(run) - set(RUN_COLUMNS[1:]) | {key for point in curves for key in point} - set(CURVE_COLUMNS[1:])
     if unknown:
         raise ValueError(f"append_run: unknown keys {sorted(unknown)} (run_id is assigned by append_run)")
-    row = {name: _cell_value(value) for name, value in run.items()}
+    row = {name: _cell_value(_one_line(value) if name in JSON_COLUMNS else value) for name, value in run.items()}
     row.setdefault("time", _now())
     points = [{name: _cell_value(value) for name, value in point.items()} for point in curves]
 
@@ -208,7 +209,8 @@ def append_search_trials(path, trials):
         unknown, missing = set(trial) - set(SEARCH_COLUMNS), set(SEARCH_REQUIRED) - set(trial)
         if unknown or missing:
             raise ValueError(f"append_search_trials: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-    rows = [{"time": _now(), **{name: _cell_value(value) for name, value in trial.items()}} for trial in trials]
+    rows = [{"time": _now(), **{name: _cell_value(_one_line(value) if name == "policy" else value)
+                                for name, value in trial.items()}} for trial in trials]
 
     def add(workbook):
         if "search" not in workbook.sheetnames:
@@ -250,6 +252,16 @@ def _lock(path):
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:24]
     lock_path = Path(tempfile.gettempdir()) / f"results-xlsx-{digest}.lock"
     return filelock.FileLock(str(lock_path), timeout=LOCK_TIMEOUT_S, mode=0o666)
+
+
+def _one_line(value):
+    """JSON text on one line: a spreadsheet shows a one-line cell of indented JSON as its last line, "}"."""
+    if isinstance(value, str):
+        try:
+            return json.dumps(json.loads(value))
+        except ValueError:
+            return value
+    return value
 
 
 def _cell_value(value):
@@ -347,8 +359,11 @@ def _add_reference_sheet(workbook):
     for cell in sheet[1]:
         cell.font = HEADER_FONT
         sheet.column_dimensions[cell.column_letter].width = len(str(cell.value)) + 3
-    for letter, width in (("A", 72), ("B", 16), ("C", 10), ("D", 60), ("F", 24)):
+    for letter, width in (("A", 72), ("B", 16), ("C", 10), ("D", CONFIG_WIDTH), ("F", 24)):
         sheet.column_dimensions[letter].width = width
+    for r in range(2, len(PUBLISHED) + 2):  # a long config wraps in its cell instead of being cut at the next column
+        sheet.cell(r, 4).alignment = Alignment(wrap_text=True, vertical="top")
+        sheet.row_dimensions[r].height = 15 * math.ceil(len(str(sheet.cell(r, 4).value)) / CONFIG_WIDTH)
     sheet.freeze_panes, sheet.print_title_rows = "A2", "1:1"
     _set_print_layout(sheet)
     sheet.page_setup.fitToWidth = 2  # the published table, then the seed curves
@@ -411,8 +426,9 @@ def _rebuild_summary(workbook):
         for metric in SUMMARY_METRICS:
             values = [r.get(metric) for r in records]
             values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            row += [statistics.fmean(values) if values else None,
-                    statistics.stdev(values) if len(values) > 1 else None, len(values)]
+            # stored rounded as grid.md and README print them (f"{x:.2f}"): the app's own rounding of 35.535 says 35.54
+            row += [_rounded(statistics.fmean(values)) if values else None,
+                    _rounded(statistics.stdev(values)) if len(values) > 1 else None, len(values)]
         _append_by_header(sheet, dict(zip(_header(sheet), row)))
         sheet.cell(sheet.max_row, len(SUMMARY_KEYS) + 2).alignment = Alignment(horizontal="right")  # seeds, as numbers
     sheet.print_title_cols = f"A:{get_column_letter(len(SUMMARY_KEYS))}"  # a group's name on every page

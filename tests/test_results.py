@@ -155,6 +155,11 @@ def test_new_run_columns_round_trip_and_unknown_keys_still_refused(tmp_path):
     assert record["seed"] == 3 and record["head"] == "mlp 2048-128" and record["debias"] == 0.1
     assert record["mochi"] == "N=1024 s=256 s'=256"
     assert json.loads(record["policy"]) == policy and json.loads(record["method_options"]) == {"moco_k": 4096}
+    indented = json.dumps({"ops": policy}, indent=2)  # what policy_to_json writes: a cell used to show only "}"
+    results.append_run(path, make_run(policy=indented), [])
+    results.append_search_trials(path, [{**make_trials("t", 1)[0], "policy": indented}])
+    cells = [records(openpyxl.load_workbook(path)[sheet])[-1]["policy"] for sheet in ("runs", "search")]
+    assert all("\n" not in cell and json.loads(cell) == {"ops": policy} for cell in cells)
     with pytest.raises(ValueError, match="polcy"):
         results.append_run(path, make_run(polcy="x"), [])
 
@@ -182,7 +187,7 @@ def test_summary_is_mean_and_sample_std_over_seeds(tmp_path):
     for metric, values in (("knn_top1_final", [41.0, 44.5, 42.0]), ("knn_top1_best", [43.0, 45.0, 46.25]),
                            ("linear_top1", [60.0, 61.5])):
         mean, std = mean_std(values)
-        assert group[f"{metric}_mean"] == pytest.approx(mean) and group[f"{metric}_std"] == pytest.approx(std)
+        assert group[f"{metric}_mean"] == round(mean, 2) and group[f"{metric}_std"] == round(std, 2)  # as printed
         assert group[f"{metric}_n"] == len(values)
     single = summary[("synthetic", "moco", "original", 3)]
     assert single["knn_top1_final_mean"] == 40.0 and single["knn_top1_final_std"] is None
@@ -191,6 +196,17 @@ def test_summary_is_mean_and_sample_std_over_seeds(tmp_path):
     assert long_run["knn_top1_best_n"] == 0 and long_run["knn_top1_final_mean"] == 80.0  # "nan" is not a number
     mean_cell = sheet.cell(2, rows(sheet)[0].index("knn_top1_final_mean") + 1)
     assert isinstance(mean_cell.value, (int, float)) and mean_cell.number_format == "0.00"
+
+
+def test_summary_is_stored_as_grid_md_and_readme_print_it(tmp_path):
+    """A mean of 35.535 was stored in full, and LibreOffice's 0.00 format showed 35.54 where grid.md printed 35.53."""
+    path = tmp_path / "results.xlsx"
+    for seed, final in ((0, 35.53), (1, 35.54)):
+        results.append_run(path, make_run(seed=seed, knn_top1_final=final), [])
+    (group,) = records(openpyxl.load_workbook(path)["summary"])
+    mean = (35.53 + 35.54) / 2
+    assert group["knn_top1_final_mean"] == float(f"{mean:.2f}") == 35.53
+    assert group["knn_top1_final_std"] == float(f"{math.sqrt(2 * (35.54 - mean) ** 2):.2f}")
 
 
 def test_summary_never_mixes_two_studies_or_backbones(tmp_path):
@@ -496,3 +512,19 @@ def test_a_workbook_of_another_layout_is_refused_before_training(tmp_path):
     results.check_writable(header_only)  # no rows yet: the append lays it out anew
     (tmp_path / "damaged.xlsx").write_bytes(b"not a zip")
     results.check_writable(tmp_path / "damaged.xlsx")  # left to the append, which moves it aside with a note
+
+
+def test_long_texts_fit_their_cells(tmp_path):
+    """The reference sheet's config column was cut at the next column and `ours-brightness_contrast` at 22
+    characters in `summary`."""
+    path = tmp_path / "results.xlsx"
+    results.append_run(path, make_run(aug="ours-brightness_contrast"), [])
+    book = openpyxl.load_workbook(path)
+    reference = book["reference"]
+    for r in range(2, len(results.PUBLISHED) + 2):
+        config = reference.cell(r, 4)
+        lines_shown = reference.row_dimensions[r].height / 15 if reference.row_dimensions[r].height else 1
+        assert config.alignment.wrap_text and lines_shown * reference.column_dimensions["D"].width >= len(config.value)
+    summary = book["summary"]
+    aug = rows(summary)[0].index("aug") + 1
+    assert summary.column_dimensions[openpyxl.utils.get_column_letter(aug)].width >= len("ours-brightness_contrast")
