@@ -474,7 +474,7 @@ def _rebuild_chart(workbook):
     for run_id, (first, last) in list(blocks.items())[-CHART_MAX_RUNS:]:
         points = [(curves.cell(r, epoch_col).value, curves.cell(r, knn_col).value) for r in range(first, last + 1)]
         if any(isinstance(knn, (int, float)) for _, knn in points):
-            _add_series(chart, curves, epoch_col, knn_col, first, last, labels.get(run_id, str(run_id)))
+            _add_series(chart, curves, epoch_col, knn_col, first, last, labels.get(run_id, str(run_id)), marker=True)
             max_epoch = max([max_epoch, *(e for e, _ in points if isinstance(e, (int, float)))])
     # The seed study's curves are drawn up to the runs' last epoch (all 200 epochs when there are no runs yet), so a
     # short run is not squeezed into the left edge of a 200-epoch axis.
@@ -491,6 +491,7 @@ def _rebuild_chart(workbook):
     if max_epoch:
         chart.x_axis.scaling.min, chart.x_axis.scaling.max = 0, max_epoch
     chart.legend.position, chart.y_axis.number_format = "b", "0"
+    chart.display_blanks = "span"  # a line through the epochs the monitor skipped
     index = _sheet_position(workbook, "chart")
     if "chart" in workbook.sheetnames:
         workbook.remove(workbook["chart"])
@@ -505,10 +506,14 @@ def _rebuild_chart(workbook):
     sheet.page_setup.fitToHeight = 1
 
 
-def _add_series(chart, sheet, x_col, y_col, first, last, title):
+def _add_series(chart, sheet, x_col, y_col, first, last, title, marker=False):
+    """marker: a run's kNN points are drawn as markers too, so a run monitored at a few epochs, or only at epoch 0 (the
+    network at init), still shows; the chart spans the epochs without a reading."""
     series = Series(Reference(sheet, min_col=y_col, min_row=first, max_row=last),
                     Reference(sheet, min_col=x_col, min_row=first, max_row=last), title=title)
-    series.marker.symbol, series.smooth = "none", False
+    series.marker.symbol, series.smooth = ("circle" if marker else "none"), False
+    if marker:
+        series.marker.size = 6
     chart.series.append(series)
 
 

@@ -475,7 +475,14 @@ def test_workbook_renders_in_libreoffice(tmp_path, monkeypatch):
                             for e in range(1, 31)])
     monkeypatch.setattr(results, "SEED_SERIES", [])
     results.append_run(empty, make_run(args=LONG_ARGS), [])  # the same chart, with no series to draw
-    pages = render_pdf_pages([full, empty], tmp_path)
+    # the committed v1 runs: kNN at epochs 4 and 8 only, and a run at init with one point; none of them used to show
+    sparse = tmp_path / "sparse.xlsx"
+    results.append_run(sparse, make_run(epochs=8), [{"epoch": e, "loss": 7 - e / 10, "knn_top1": 30.0 + e if e % 4 == 0
+                                                     else None} for e in range(1, 9)])
+    results.append_run(sparse, make_run(epochs=0), [{"epoch": 0, "loss": None, "knn_top1": 58.0}])
+    pages = render_pdf_pages([full, empty, sparse], tmp_path)
+    sparse_page = next(i for i, text in enumerate(pages[sparse], 1) if "kNN top-1 by epoch" in text)
+    sparse_colour = ink_and_colour(rasterise(tmp_path / "pdf" / "sparse.pdf", sparse_page, tmp_path))[1]
 
     chart_pages = [[i for i, text in enumerate(pages[book], 1) if "kNN top-1 by epoch" in text]
                    for book in (full, empty)]
@@ -484,6 +491,7 @@ def test_workbook_renders_in_libreoffice(tmp_path, monkeypatch):
     empty_ink, empty_colour = ink_and_colour(rasterise(tmp_path / "pdf" / "empty.pdf", chart_pages[1][0], tmp_path))
     assert full_ink > 0.01 and full_ink > empty_ink
     assert full_colour > 0.002 and full_colour > 5 * empty_colour + 0.001, (full_colour, empty_colour)
+    assert sparse_colour > 2 * empty_colour + 0.0005, (sparse_colour, empty_colour)
     legend = pages[full][chart_pages[0][0] - 1]
     assert "r0003 moco synthetic ours-clahe" in legend and "seed study: 7 transforms" in legend
 
