@@ -1,5 +1,6 @@
 """The lab notebook results.xlsx: every training run appends a row and its per-epoch curves, which refresh the chart,
 the summary over seeds and the args sheet; augmentation searches append their trials to the `search` sheet."""
+import contextlib
 import csv
 import datetime
 import hashlib
@@ -160,6 +161,9 @@ def check_writable(path):
             problem = f"{target} is not writable ({error.strerror})"
     if not problem and path.exists():
         problem = _foreign_layout(path)
+    if not problem and app_lock(path):
+        print(f"warning: {path} is open in a spreadsheet app ({app_lock(path).name}); close it before this run ends, "
+              "or its row goes to a side file that the next run folds back in", file=sys.stderr)
     if problem:
         raise UserError(f"cannot write the results workbook {path}: {problem} (choose another with --results PATH)")
 
@@ -190,16 +194,32 @@ def append_run(path, run, curves):
     points = [{name: _cell_value(value) for name, value in point.items()} for point in curves]
 
     def add(workbook):
-        run_id = _next_run_id(workbook["runs"])
-        _append_by_header(workbook["runs"], {"run_id": run_id, **row})
-        for point in points:
-            _append_by_header(workbook["curves"], {"run_id": run_id, **point})
-        _rebuild_summary(workbook)
-        _rebuild_args(workbook)
-        _rebuild_chart(workbook)
+        run_id = _add_run(workbook, row, points)
+        _rebuild_run_sheets(workbook)
         return run_id
 
     return _update_workbook(path, add, {"run": row, "curves": points}, "this run's row and curves")
+
+
+def _add_run(workbook, row, points):
+    run_id = _next_run_id(workbook["runs"])
+    _append_by_header(workbook["runs"], {"run_id": run_id, **row})
+    for point in points:
+        _append_by_header(workbook["curves"], {"run_id": run_id, **point})
+    return run_id
+
+
+def _rebuild_run_sheets(workbook):
+    _rebuild_summary(workbook)
+    _rebuild_args(workbook)
+    _rebuild_chart(workbook)
+
+
+def _add_trials(workbook, rows):
+    if "search" not in workbook.sheetnames:
+        _new_table(workbook, "search", SEARCH_COLUMNS)
+    for row in rows:
+        _append_by_header(workbook["search"], row)
 
 
 def append_search_trials(path, trials):
@@ -212,13 +232,7 @@ def append_search_trials(path, trials):
     rows = [{"time": _now(), **{name: _cell_value(_one_line(value) if name == "policy" else value)
                                 for name, value in trial.items()}} for trial in trials]
 
-    def add(workbook):
-        if "search" not in workbook.sheetnames:
-            _new_table(workbook, "search", SEARCH_COLUMNS)
-        for row in rows:
-            _append_by_header(workbook["search"], row)
-
-    _update_workbook(path, add, {"search_trials": rows}, "these search trials")
+    _update_workbook(path, lambda workbook: _add_trials(workbook, rows), {"search_trials": rows}, "these search trials")
 
 
 def _now():
@@ -231,11 +245,21 @@ def _update_workbook(path, change, unsaved, unsaved_name):
     (an OSError or UserError as one UserError naming that file)."""
     path = Path(os.path.realpath(path))
     try:
-        with _lock(path):
+        app = app_lock(path)
+        if app:
+            raise UserError(f"it is open in a spreadsheet app ({app.name} beside it), which would overwrite a row "
+                            "written now when it saves; close it, and the next run folds the saved rows back in")
+        with _locked(path):
             check_writable(path)
             workbook = _load_or_start(path)
+            folded = _fold_unsaved(workbook, path)
             result = change(workbook)
             _save_atomically(workbook, path)
+        for unsaved_file in folded:
+            unsaved_file.unlink()
+        if folded:
+            print(f"results: folded {len(folded)} earlier unsaved file(s) back into {path}: "
+                  f"{', '.join(f.name for f in folded)}")
         return result
     except BaseException as error:  # whatever went wrong, the numbers must survive
         fallback = _save_fallback(path, unsaved, error)
@@ -252,6 +276,21 @@ def _lock(path):
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:24]
     lock_path = Path(tempfile.gettempdir()) / f"results-xlsx-{digest}.lock"
     return filelock.FileLock(str(lock_path), timeout=LOCK_TIMEOUT_S, mode=0o666)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """The workbook's lock; a writer that has to wait says so, once, instead of hanging silently."""
+    lock = _lock(path)
+    try:
+        lock.acquire(timeout=1)
+    except filelock.Timeout:
+        print(f"results: waiting up to {LOCK_TIMEOUT_S} s for {path}, which another run is writing", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _one_line(value):
@@ -537,9 +576,37 @@ def _save_atomically(workbook, path):
         raise
 
 
+def app_lock(path):
+    """The lock file LibreOffice (.~lock.NAME#) or Excel (~$NAME) keeps beside a workbook it has open, or None."""
+    path = Path(path)
+    return next((lock for lock in (path.with_name(f".~lock.{path.name}#"), path.with_name(f"~${path.name}"))
+                 if lock.exists()), None)
+
+
+def _fold_unsaved(workbook, path):
+    """Add the rows of earlier failed writes (`.unsaved-*.json` beside the workbook, for this workbook) to it; return
+    their files, to be removed once the workbook is saved."""
+    folded = []
+    for unsaved_file in sorted(path.parent.glob(f"{path.stem}.unsaved-*.json")):
+        try:
+            record = json.loads(unsaved_file.read_text())
+        except (OSError, ValueError):
+            continue  # not ours to judge: left where it is
+        if record.get("workbook") != str(path):
+            continue
+        if "run" in record:
+            _add_run(workbook, record["run"], record.get("curves", []))
+        if "search_trials" in record:
+            _add_trials(workbook, record["search_trials"])
+        folded.append(unsaved_file)
+    if any("run" in json.loads(f.read_text()) for f in folded):
+        _rebuild_run_sheets(workbook)
+    return folded
+
+
 def _save_fallback(path, unsaved, error):
     record = {"workbook": str(path), "error": f"{type(error).__name__}: {error}", **unsaved}
-    name = f"{path.stem}.unsaved-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.json"
+    name = f"{path.stem}.unsaved-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}-{secrets.token_hex(2)}.json"
     for folder in (path.parent, Path.cwd(), Path(tempfile.gettempdir())):
         try:
             with open(folder / name, "x") as file:

@@ -6,6 +6,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 import warnings
 import zipfile
 from collections import Counter
@@ -364,6 +366,48 @@ def test_failed_final_write_keeps_numbers_and_old_workbook(tmp_path, monkeypatch
     [fallback] = tmp_path.glob("results.unsaved-*.json")
     record = json.loads(fallback.read_text())
     assert record["run"]["aug"] == "lost?" and record["run"]["linear_top1"] == 77.5 and len(record["curves"]) == 4
+
+
+@pytest.mark.parametrize("app_lock", [".~lock.results.xlsx#", "~$results.xlsx"])
+def test_a_workbook_open_in_a_spreadsheet_app_is_not_written_and_its_rows_fold_back_later(tmp_path, capsys, app_lock):
+    """LibreOffice (.~lock.NAME#) or Excel (~$NAME) has the workbook open: a row appended now used to be overwritten
+    when the user saved the sheet. Now it goes to a side file, and the next write after the app closes folds it in."""
+    path = tmp_path / "results.xlsx"
+    results.append_run(path, make_run(aug="first"), make_curves(2))
+    (tmp_path / app_lock).write_text("user,host,...")
+    results.check_writable(path)
+    assert "is open in a spreadsheet app" in capsys.readouterr().err  # said at the start of a run
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="open in a spreadsheet app .*saved to .*results.unsaved-.*json"):
+        results.append_run(path, make_run(aug="while open", knn_top1_final=51.25), make_curves(3, offset=1))
+    with pytest.raises(UserError, match="open in a spreadsheet app"):
+        results.append_search_trials(path, make_trials("open", 2))
+    assert path.read_bytes() == before and len(list(tmp_path.glob("results.unsaved-*.json"))) == 2
+    (tmp_path / app_lock).unlink()  # the user closes the app
+    assert results.append_run(path, make_run(aug="after"), []) == "r0003"
+    assert "folded 2 earlier unsaved file(s) back" in capsys.readouterr().out
+    book = openpyxl.load_workbook(path)
+    runs = records(book["runs"])
+    assert [(r["run_id"], r["aug"]) for r in runs] == [("r0001", "first"), ("r0002", "while open"), ("r0003", "after")]
+    assert runs[1]["knn_top1_final"] == 51.25 and [r["run_id"] for r in records(book["curves"])].count("r0002") == 3
+    assert [r["study"] for r in records(book["search"])] == ["open", "open"]
+    assert not list(tmp_path.glob("results.unsaved-*.json"))
+    assert {r["aug"] for r in records(book["summary"])} == {"first", "while open", "after"}
+
+
+def test_a_writer_that_waits_for_the_lock_says_so(tmp_path, capsys):
+    path = tmp_path / "results.xlsx"
+    held = results._lock(Path(os.path.realpath(path)))
+    held.acquire()
+    waiter = threading.Thread(target=results.append_run, args=(path, make_run(), []))
+    waiter.start()
+    deadline = time.time() + 30
+    while "waiting up to 120 s" not in capsys.readouterr().err and time.time() < deadline:
+        time.sleep(0.1)  # polled: the message comes after the first second of waiting
+    assert time.time() < deadline and waiter.is_alive()
+    held.release()
+    waiter.join(30)
+    assert len(records(openpyxl.load_workbook(path)["runs"])) == 1
 
 
 def test_user_columns_are_kept(tmp_path):
