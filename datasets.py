@@ -84,11 +84,19 @@ def check_crop_size(info: DatasetInfo, crop_size: Optional[int]) -> int:
 
 
 def read_rgb(path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if not os.path.isfile(path):
+        raise UserError(f"image {path} is missing")
+    data = np.fromfile(path, np.uint8)
+    if data[:2].tobytes() == JPEG_START and JPEG_END not in data[-1024:].tobytes():
+        # cv2.imread decodes a truncated file with a grey tail and only prints "Premature end of JPEG file"
+        raise UserError(f"image {path} is a truncated JPEG (no end-of-image marker): replace or delete it")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise UserError(f"image {path} is missing" if not os.path.isfile(path) else
-                        f"cannot decode image {path} (corrupt or not an image): replace or delete it")
+        raise UserError(f"cannot decode image {path} (corrupt or not an image): replace or delete it")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"  # SOI / EOI markers; FF D9 cannot occur inside stuffed scan data
 
 
 class ImageDataset(Dataset):

@@ -199,6 +199,19 @@ def test_read_rgb_names_a_corrupt_or_missing_file(tmp_path):
         D.read_rgb(tmp_path / "gone.png")
 
 
+def test_a_truncated_jpeg_is_named_not_trained_on(tmp_path):
+    """It used to decode with a grey tail, with only libjpeg's "Premature end of JPEG file" and no name."""
+    whole = tmp_path / "whole.JPEG"
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(whole), noise)
+    np.testing.assert_array_equal(D.read_rgb(whole), cv2.cvtColor(cv2.imread(str(whole)), cv2.COLOR_BGR2RGB))
+    cut = tmp_path / "cut.JPEG"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert cv2.imread(str(cut)) is not None  # what made it silent: OpenCV decodes it
+    with pytest.raises(UserError, match=f"image {cut} is a truncated JPEG"):
+        D.read_rgb(cut)
+
+
 # --- Fashion-MNIST idx ---------------------------------------------------------------------------------------
 
 
