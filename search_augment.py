@@ -57,6 +57,8 @@ def parse_args(argv=None):
             action.help = ("labelled training images held out for scoring (default: 250 for a search; 0 with --grid, "
                            "which scores on the test set)")
     options, given = parse_with_given(p, argv)
+    if "resume" in given:
+        raise UserError("--resume continues one run; a search or grid continues when the same command is run again")
     if options.grid is None:  # the search's proxy score; the grid keeps the monitor's protocol unless asked
         if "val_size" not in given:
             options.val_size = 250  # a validation split; the grid scores on the test set
@@ -232,6 +234,11 @@ def search(method, options):
         return score
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    if done >= options.trials:  # optimize would still start one more trial before MaxTrialsCallback stops it
+        print(f"study {options.study} has finished {done} of --trials {options.trials}: nothing to run (raise --trials "
+              f"to search further; best policy in {out / 'best.json'})")
+        return study
     study.optimize(objective, n_trials=options.trials,
                    callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=finished)])
     if cannot_run:

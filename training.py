@@ -543,6 +543,9 @@ def run(method, options, on_epoch=None, given=None, quiet=False):
     pretrain = splits.memory if method.needs_labels else splits.pretrain  # STL-10: train+unlabeled vs train
     if opts.batch_size > len(pretrain):
         raise UserError(f"--batch-size {opts.batch_size} is larger than the {len(pretrain)} training images")
+    if rt.is_main and opts.subset and not opts.val_size:
+        print(f"note: --subset keeps {len(pretrain)} training images; the kNN monitor and linear evaluation still "
+              f"score the full {len(scored)}-image test set")
     for note in method.notes(opts, len(pretrain)) if rt.is_main else ():
         print(f"note: {note}")
     per_class = len(splits.memory) / info.num_classes

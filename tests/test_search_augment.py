@@ -56,6 +56,8 @@ def test_tiny_search_end_to_end_writes_best_policy_plots_and_search_sheet(tmp_pa
     out = capsys.readouterr().out
     assert "proxy (validation kNN top-1): best" in out and "ratio" in out and "test re-check" in out
     assert "trials/hour; pruning saved" in out
+    search_augment.main(search_argv(tmp_path, 3))  # a finished study used to run one more trial
+    assert "has finished 3 of --trials 3: nothing to run" in capsys.readouterr().out and len(trials(tmp_path)) == 3
     runs = sheet_rows(tmp_path / "r.xlsx")
     assert any("validation images" in r["data"] for r in runs) and any("test images" in r["data"] for r in runs)
     # the best policy trains with the MoCo door
@@ -88,6 +90,8 @@ def test_grid_gives_one_row_per_spec_and_seed_and_skips_finished_ones(tmp_path, 
 def test_bad_options_are_one_line(tmp_path, capsys):
     assert "--trials" in error_of(search_argv(tmp_path, 0), capsys, search_augment.main)
     assert "nosuchop" in error_of([*search_argv(tmp_path, 1), "--base", "ours+nosuchop"], capsys, search_augment.main)
+    line = error_of([*search_argv(tmp_path, 1), "--resume", "x.pth"], capsys, search_augment.main)
+    assert "a search or grid continues when the same command is run again" in line  # it used to record a FAIL trial
     # a bad last spec used to fail only after the first spec had trained and been recorded in full
     grid = [*TINY, "--grid", "original", "nosuch", "--out", str(tmp_path / "grid"), "--results", str(tmp_path / "r.xlsx")]
     assert "nosuch" in error_of(grid, capsys, search_augment.main)

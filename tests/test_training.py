@@ -132,7 +132,10 @@ def test_a_knn_k_above_the_banks_images_per_class_is_noted(tmp_path, capsys):
         training.run(Supervised, options, quiet=True)
         return capsys.readouterr().out
 
-    assert "note: --knn-k 200 is more than the kNN memory bank's 4 images per class" in evaluate_at_init(200)
+    printed = evaluate_at_init(200)
+    assert "note: --knn-k 200 is more than the kNN memory bank's 4 images per class" in printed
+    assert "note: --subset keeps 40 training images; the kNN monitor and linear evaluation still score the full " \
+           "500-image test set" in printed
     assert "(e.g. 2)" in evaluate_at_init(20)  # it used to suggest 20, the value the user gave
     assert "--knn-k" not in evaluate_at_init(4)
 
