@@ -14,8 +14,8 @@ import moco_augmented
 import training
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "synthetic", "--subset", "64", "--batch-size", "32", "--moco-k", "64", "--bn-splits", "2",
-        "--workers", "0", "--linear-epochs", "2"]
+TINY = ["--width", "0.25", "--dataset", "synthetic", "--subset", "64", "--batch-size", "32", "--moco-k", "64",
+        "--bn-splits", "2", "--workers", "0", "--linear-epochs", "2"]
 
 
 def run(tmp_path, *extra, name="run", epochs=1):

@@ -8,7 +8,7 @@ import methods
 import pretrain
 from models import build_backbone
 
-TINY = ["--dataset", "synthetic", "--subset", "64", "--batch-size", "32", "--workers", "0", "--epochs", "1",
+TINY = ["--width", "0.25", "--dataset", "synthetic", "--subset", "64", "--batch-size", "32", "--workers", "0", "--epochs", "1",
         "--linear-epochs", "1"]
 
 

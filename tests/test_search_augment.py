@@ -15,8 +15,8 @@ from conftest import error_of, sheet_rows
 import search_augment
 from augmentations import policy_from_json
 
-TINY = ["--method", "supervised", "--dataset", "synthetic", "--subset", "48", "--batch-size", "16", "--workers", "0",
-        "--crop-size", "16", "--epochs", "1", "--val-size", "40"]  # 16 px: a quarter of the 32-px compute
+TINY = ["--method", "supervised", "--width", "0.25", "--dataset", "synthetic", "--subset", "48", "--batch-size", "16",
+        "--workers", "0", "--crop-size", "16", "--epochs", "1", "--val-size", "40"]  # 16 px, a quarter of the width
 
 
 def search_argv(tmp_path, trials, *extra):

@@ -5,7 +5,8 @@ from conftest import error_of, sheet_rows
 
 import simclr_main
 
-TINY = ["-dataset", "synthetic", "-subset", "64", "-batch_size", "32", "-workers", "0", "-finetune_epochs", "1"]
+TINY = ["-width", "0.25", "-dataset", "synthetic", "-subset", "64", "-batch_size", "32", "-workers", "0",
+        "-finetune_epochs", "1"]
 
 
 def test_both_modes_land_side_by_side_in_the_workbook(tmp_path, capsys):

@@ -10,7 +10,8 @@ import training
 from cli import UserError
 from methods import METHODS, MoCo, SimCLR, Supervised
 
-TINY = dict(dataset="synthetic", subset=64, batch_size=32, moco_k=64, bn_splits=2, workers=0, linear_epochs=0)
+TINY = dict(width=0.25, dataset="synthetic", subset=64, batch_size=32, moco_k=64, bn_splits=2, workers=0,
+            linear_epochs=0)
 
 
 def tiny_options(tmp_path, method=MoCo, **overrides):
