@@ -57,7 +57,7 @@ def test_tiny_search_end_to_end_writes_best_policy_plots_and_search_sheet(tmp_pa
     assert "proxy (validation kNN top-1): best" in out and "ratio" in out and "test re-check" in out
     assert "trials/hour; pruning saved" in out
     search_augment.main(search_argv(tmp_path, 3))  # a finished study used to run one more trial
-    assert "has finished 3 of --trials 3: nothing to run" in capsys.readouterr().out and len(trials(tmp_path)) == 3
+    assert "has finished 3 of --trials 3: nothing to run" in capsys.readouterr().out and len(states(tmp_path)) == 3
     runs = sheet_rows(tmp_path / "r.xlsx")
     assert any("validation images" in r["data"] for r in runs) and any("test images" in r["data"] for r in runs)
     # the best policy trains with the MoCo door
