@@ -161,8 +161,9 @@ def check_writable(path):
             problem = f"{target} is not writable ({error.strerror})"
     if not problem and path.exists():
         problem = _foreign_layout(path)
-    if not problem and app_lock(path):
-        print(f"warning: {path} is open in a spreadsheet app ({app_lock(path).name}); close it before this run ends, "
+    app = None if problem else app_lock(path)
+    if app:
+        print(f"warning: {path} is open in a spreadsheet app ({app.name}); close it before this run ends, "
               "or its row goes to a side file that the next run folds back in", file=sys.stderr)
     if problem:
         raise UserError(f"cannot write the results workbook {path}: {problem} (choose another with --results PATH)")
@@ -586,7 +587,7 @@ def app_lock(path):
 def _fold_unsaved(workbook, path):
     """Add the rows of earlier failed writes (`.unsaved-*.json` beside the workbook, for this workbook) to it; return
     their files, to be removed once the workbook is saved."""
-    folded = []
+    folded, runs_folded = [], False
     for unsaved_file in sorted(path.parent.glob(f"{path.stem}.unsaved-*.json")):
         try:
             record = json.loads(unsaved_file.read_text())
@@ -596,10 +597,11 @@ def _fold_unsaved(workbook, path):
             continue
         if "run" in record:
             _add_run(workbook, record["run"], record.get("curves", []))
+            runs_folded = True
         if "search_trials" in record:
             _add_trials(workbook, record["search_trials"])
         folded.append(unsaved_file)
-    if any("run" in json.loads(f.read_text()) for f in folded):
+    if runs_folded:
         _rebuild_run_sheets(workbook)
     return folded
 

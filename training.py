@@ -4,7 +4,6 @@ Every door parses its own options (add_run_options declares the shared ones once
 import copy
 import csv
 import json
-import math
 import sys
 import os
 import random
@@ -225,14 +224,12 @@ def check_options(method, opts):
     for name in ("batch_size", "knn_k"):
         if getattr(opts, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(opts, name)}")
-    for name in ("lr", "knn_t"):
+    for name in ("lr", "knn_t", "width"):
         if getattr(opts, name) is not None and getattr(opts, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(opts, name)}")
     for name in ("wd", "linear_epochs", "workers", "knn_every"):
         if getattr(opts, name) is not None and getattr(opts, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(opts, name)}")
-    if not (math.isfinite(opts.width) and opts.width > 0):
-        raise UserError(f"--width must be > 0, got {opts.width}")
     if opts.val_size < 0:
         raise UserError(f"--val-size must be >= 0, got {opts.val_size}")
     if opts.subset is not None and opts.subset <= 0:
