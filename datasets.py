@@ -168,7 +168,12 @@ def _torchvision(cls, root: Path, download: bool, **kwargs):
     UserError that says which file to place where."""
     fresh_copy = f"{cls.filename} (from {cls.url}) in {root}/"
     try:
+        for path, _ in _checked_files(cls, root):  # pathlib raises for a folder this user may not search, where
+            path.is_file()  # torchvision's os.path.isfile would call its files missing
         dataset = cls(root=str(root), download=download, **kwargs)
+    except PermissionError as error:  # before OSError: an unreadable file is neither missing nor corrupt
+        raise UserError(f"{error.filename} cannot be read ({error.strerror}): give your user read access to it"
+                        ) from None
     except (OSError, RuntimeError) as error:  # URLError is an OSError; a failed checksum is a RuntimeError
         corrupt = [str(path.relative_to(root)) for path, md5 in _checked_files(cls, root)
                    if path.is_file() and not check_integrity(str(path), md5)]

@@ -40,7 +40,7 @@ REFERENCE_COLUMNS = ["source", "method", "dataset", "config", "epochs", "metric"
 JSON_COLUMNS = ["policy", "method_options", "args"]  # long texts: a one-line preview in `runs`, in full in `args`
 SUMMARY_KEYS = ["study", "dataset", "method", "arch", "crop_size", "aug", "epochs"]  # seeds of one setting
 SUMMARY_METRICS = ["knn_top1_final", "knn_top1_best", "linear_top1"]
-SHEET_ORDER = ["runs", "summary", "chart", "curves", "args", "search", "reference"]  # where a new sheet goes
+SHEET_ORDER = ["summary", "chart", "runs", "curves", "args", "search", "reference"]  # printed in this order
 
 ACCURACY = "0.00"
 COLUMN_FORMATS = {
@@ -53,13 +53,16 @@ COLUMN_FORMATS = {
 CONTENT_WIDTHS = {  # characters the usual values need; a column is at least as wide as its bold header
     "time": 20, "script": 19, "method": 11, "dataset": 13, "arch": 14, "head": 14, "mochi": 12, "aug": 26,
     "policy": 30, "optimizer": 10, "hardware": 28, "data": 36, "run_dir": 50, "git_commit": 12,
-    "method_options": 30, "args": 30, "study": 20, "spec": 22, "state": 10, "seeds": 12,
+    "method_options": 30, "args": 30, "study": 20, "spec": 22, "state": 10, "seeds": 12, "setting": 40,
 }
 CONFIG_WIDTH = 60  # the reference sheet's config column; longer configs wrap
 ARGS_WIDTHS = {"policy": 50, "method_options": 40, "args": 100}
 PRINT_WIDTH_PER_PAGE = 150  # column-width units per landscape page: fitting more shrinks the print below ~80 %
 LOCK_TIMEOUT_S = 120
-CHART_MAX_RUNS = 20
+CHART_MAX_SETTINGS = 10
+CHART_DATA_COLUMNS = ["setting", "epoch", "knn_top1_mean", "runs"]
+CHART_DATA_AT = 19  # column S: right of the 27 x 17 cm chart, which covers about A1:M39 in LibreOffice
+CHART_PRINT_AREA = "A1:M40"
 HEADER_FONT = Font(name="Calibri", size=11, bold=True)  # bold alone falls back to a serif font in LibreOffice
 SEED_CURVES_CSV = Path(__file__).resolve().parent / "reference" / "seed_moco_cifar10_knn.csv"
 
@@ -364,10 +367,10 @@ def _new_table(workbook, name, columns, orientation="landscape"):
 
 
 def _sheet_position(workbook, name):
-    if name in workbook.sheetnames:
-        return workbook.sheetnames.index(name)
+    """Where sheet `name` goes by SHEET_ORDER among the other sheets (an older workbook's rebuilt sheets move there)."""
+    others = [existing for existing in workbook.sheetnames if existing != name]
     later = SHEET_ORDER[SHEET_ORDER.index(name) + 1:]
-    return next((i for i, existing in enumerate(workbook.sheetnames) if existing in later), len(workbook.sheetnames))
+    return next((i for i, existing in enumerate(others) if existing in later), len(others))
 
 
 def _add_header_cell(sheet, column, title):
@@ -495,27 +498,69 @@ def _rebuild_args(workbook):
         sheet.row_dimensions[sheet.max_row].height = min(409, 15 * lines)  # 409 pt: Excel's tallest row
 
 
+def _setting_curves(workbook):
+    """[(summary key, number of runs, {epoch: mean kNN top-1 over the runs})] of every setting (SUMMARY_KEYS) with a
+    kNN reading, the setting of the newest run last. A run's later curve rows for an epoch replace its earlier ones."""
+    runs = {record.get("run_id"): record for record in _records(workbook["runs"])}
+    header = _header(workbook["curves"])
+    epoch_col, knn_col = header.index("epoch"), header.index("knn_top1")
+    readings = {}  # run_id -> {epoch: kNN top-1}
+    for row in workbook["curves"].iter_rows(min_row=2, values_only=True):
+        if row[0] in runs and isinstance(row[knn_col], (int, float)) and isinstance(row[epoch_col], (int, float)):
+            readings.setdefault(row[0], {})[row[epoch_col]] = row[knn_col]
+    settings = {}  # key -> {run_id: readings}, in the order of each setting's newest run
+    for run_id, record in runs.items():
+        if run_id in readings:
+            key = tuple(record.get(name) for name in SUMMARY_KEYS)
+            settings.setdefault(key, {})[run_id] = readings[run_id]
+            settings[key] = settings.pop(key)  # moved last: its newest run is the newest so far
+    curves = []
+    for key, by_run in settings.items():
+        epochs = sorted({epoch for points in by_run.values() for epoch in points})
+        curves.append((key, len(by_run), {epoch: statistics.fmean([points[epoch] for points in by_run.values()
+                                                                    if epoch in points]) for epoch in epochs}))
+    return curves
+
+
+def _setting_labels(keys):
+    """Method and aug, and every other summary key whose value differs between the charted settings."""
+    varying = {name for i, name in enumerate(SUMMARY_KEYS) if len({key[i] for key in keys}) > 1}
+    shown = [i for i, name in enumerate(SUMMARY_KEYS) if name in {"method", "aug"} | varying]
+    names = {"epochs": "{} ep", "crop_size": "{} px"}
+    return [" ".join(names.get(SUMMARY_KEYS[i], "{}").format(key[i]) for i in shown if key[i] not in (None, ""))
+            for key in keys]
+
+
 def _rebuild_chart(workbook):
-    # A scatter chart with lines: runs of different lengths each keep their own epoch axis.
+    """kNN top-1 by epoch: one line per setting of the summary (the mean over its runs, its seeds, at each monitored
+    epoch) for the CHART_MAX_SETTINGS settings with the newest runs, and the seed study's two curves. The lines' data
+    sit on the chart's sheet, right of the printed chart."""
+    index = _sheet_position(workbook, "chart")
+    if "chart" in workbook.sheetnames:
+        workbook.remove(workbook["chart"])
+    # A worksheet holding the chart, not a chartsheet: openpyxl anchors a chartsheet's chart with size 0 x 0, which
+    # LibreOffice draws as nothing, and numbers the print titles and areas of the sheets after a chartsheet wrongly
+    # (its localSheetId counts worksheets only), so they would land on the wrong sheets.
+    sheet = workbook.create_sheet("chart", index)
+    sheet.sheet_view.showGridLines = False
+    # A scatter chart with lines: settings of different lengths each keep their own epoch axis.
     chart = ScatterChart(scatterStyle="lineMarker")
     chart.title, chart.x_axis.title, chart.y_axis.title = "kNN top-1 by epoch", "epoch", "kNN top-1 (%)"
     chart.x_axis.delete = chart.y_axis.delete = False  # otherwise recent Excel hides openpyxl's axes
-    runs, curves = workbook["runs"], workbook["curves"]
-    label_names = [name for name in ("run_id", "method", "dataset", "aug") if name in _header(runs)]
-    labels = {record.get("run_id"): " ".join(str(record.get(name) or "") for name in label_names)
-              for record in _records(runs)}
-    blocks = {}  # run_id -> (first row, last row) of its last contiguous block in `curves`
-    for r, run_id in enumerate(curves.iter_rows(min_row=2, max_col=1, values_only=True), start=2):
-        first = blocks[run_id[0]][0] if run_id[0] in blocks and blocks[run_id[0]][1] == r - 1 else r
-        blocks[run_id[0]] = (first, r)
-    curve_header = _header(curves)
-    epoch_col, knn_col = curve_header.index("epoch") + 1, curve_header.index("knn_top1") + 1
+    curves = _setting_curves(workbook)[-CHART_MAX_SETTINGS:]
+    for column, title in enumerate(CHART_DATA_COLUMNS, start=CHART_DATA_AT):
+        _add_header_cell(sheet, column, title)
+    setting_col, epoch_col, knn_col = CHART_DATA_AT, CHART_DATA_AT + 1, CHART_DATA_AT + 2
     max_epoch = 0
-    for run_id, (first, last) in list(blocks.items())[-CHART_MAX_RUNS:]:
-        points = [(curves.cell(r, epoch_col).value, curves.cell(r, knn_col).value) for r in range(first, last + 1)]
-        if any(isinstance(knn, (int, float)) for _, knn in points):
-            _add_series(chart, curves, epoch_col, knn_col, first, last, labels.get(run_id, str(run_id)), marker=True)
-            max_epoch = max([max_epoch, *(e for e, _ in points if isinstance(e, (int, float)))])
+    for (key, n_runs, points), label in zip(curves, _setting_labels([key for key, _, _ in curves])):
+        label = f"{label} ({n_runs} run{'s' if n_runs > 1 else ''})"
+        first = sheet.max_row + 1
+        for r, (epoch, knn) in enumerate(points.items(), start=first):
+            sheet.cell(r, setting_col, label), sheet.cell(r, epoch_col, epoch)
+            sheet.cell(r, knn_col, _rounded(knn)).number_format = ACCURACY
+            sheet.cell(r, knn_col + 1, n_runs)
+        _add_series(chart, sheet, epoch_col, knn_col, first, sheet.max_row, label, marker=True)
+        max_epoch = max(max_epoch, *points)
     # The seed study's curves are drawn up to the runs' last epoch (all 200 epochs when there are no runs yet), so a
     # short run is not squeezed into the left edge of a 200-epoch axis.
     reference = workbook["reference"]
@@ -532,18 +577,11 @@ def _rebuild_chart(workbook):
         chart.x_axis.scaling.min, chart.x_axis.scaling.max = 0, max_epoch
     chart.legend.position, chart.y_axis.number_format = "b", "0"
     chart.display_blanks = "span"  # a line through the epochs the monitor skipped
-    index = _sheet_position(workbook, "chart")
-    if "chart" in workbook.sheetnames:
-        workbook.remove(workbook["chart"])
-    # A worksheet holding the chart, not a chartsheet: openpyxl anchors a chartsheet's chart with size 0 x 0, which
-    # LibreOffice draws as nothing, and numbers the print titles and areas of the sheets after a chartsheet wrongly
-    # (its localSheetId counts worksheets only), so they would land on the wrong sheets.
-    sheet = workbook.create_sheet("chart", index)
-    sheet.sheet_view.showGridLines = False
     chart.width, chart.height = 27, 17  # cm: a landscape page
     sheet.add_chart(chart, "A1")
     _set_print_layout(sheet)
     sheet.page_setup.fitToHeight = 1
+    sheet.print_area = CHART_PRINT_AREA  # the chart; its data columns are for reading, not for the printed page
 
 
 def _add_series(chart, sheet, x_col, y_col, first, last, title, marker=False):

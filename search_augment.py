@@ -226,6 +226,10 @@ def search(method, options):
             cannot_run.append(error)
             trial.study.stop()
             return float("nan")
+        except KeyboardInterrupt:  # Ctrl-C: as a killed trial, FAIL in the sheet and retried once by the next run
+            record(None, "FAIL")
+            retry_once(trial.study, trial.study.get_trials(deepcopy=False)[trial.number])
+            raise
         finally:  # a trial is never resumed (a killed one is retried from scratch): its 2 checkpoints of ~130 MB
             for checkpoint in run_dir.glob("*.pth"):  # each would add up to gigabytes over a study; log.csv stays
                 checkpoint.unlink()
@@ -233,14 +237,16 @@ def search(method, options):
         print(f"trial {trial.number}: {scored} kNN top-1 {score:.2f}")
         return score
 
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    done = len(study.get_trials(deepcopy=False, states=finished))
-    if done >= options.trials:  # optimize would still start one more trial before MaxTrialsCallback stops it
+    def stop_when_done(study, trial):
+        if counted_trials(study) >= options.trials:
+            study.stop()
+
+    done = counted_trials(study)
+    if done >= options.trials:  # optimize would still start one more trial before the callback stops it
         print(f"study {options.study} has finished {done} of --trials {options.trials}: nothing to run (raise --trials "
               f"to search further; best policy in {out / 'best.json'})")
         return study
-    study.optimize(objective, n_trials=options.trials,
-                   callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=finished)])
+    study.optimize(objective, n_trials=options.trials - done, callbacks=[stop_when_done])
     if cannot_run:
         raise UserError(f"the proxy run cannot start: {cannot_run[0]}")
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -266,6 +272,23 @@ def search(method, options):
           f"{best.value / max(base_score, 1e-9):.3f} | test re-check: best {test['best-test']:.2f} vs base "
           f"{test['base-test']:.2f} | {len(completed)} completed of {len(study.trials)} trials")
     return study
+
+
+def counted_trials(study):
+    """Trials that count toward --trials: the finished ones, less those a retry replaces (killed or interrupted)."""
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    retried = {t.system_attrs.get("failed_trial") for t in study.get_trials(deepcopy=False)}
+    return sum(t.number not in retried for t in finished)
+
+
+def retry_once(study, trial):
+    """Queue trial's parameters again, unless it is itself a retry (Optuna's callback for stale trials, max 1)."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=1)(study, trial)
 
 
 def study_cost(study, epochs):
@@ -311,16 +334,12 @@ def sql_storage(options):
     """The SQL storage with heartbeats: a trial whose process died (no heartbeat for 3 intervals) is failed, recorded
     as FAIL in the search sheet, and retried once with the same parameters, by whichever process next asks for one."""
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+    from optuna.storages import RDBStorage
 
     def stale(study, trial):
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
         record_trial(options, trial.number, trial.user_attrs.get("policy"), None, "FAIL", seconds)
-        retry(study, trial)
+        retry_once(study, trial)
 
     # SQLite: concurrent processes wait for the file lock instead of failing at once
     engine = {"connect_args": {"timeout": 60}} if options.storage.startswith("sqlite:") else None

@@ -3,6 +3,8 @@ import gzip
 import os
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from urllib.error import URLError
 
@@ -526,3 +528,38 @@ def test_build_imagenet100(tmp_path, capsys):
                                             ([], "required: command")])
 def test_datasets_cli_errors_are_one_line(argv, expected, capsys):
     assert expected in error_of(argv, capsys, D.main)
+
+
+UNREADABLE_CASES = """
+import sys
+from pathlib import Path
+import datasets
+from cli import UserError
+for case in sys.argv[1:]:
+    name, folder = case.split("=")
+    try:
+        datasets.load_splits(name, folder, download=False)
+        print(case, "-> loaded")
+    except UserError as error:
+        print(case, "->", error)
+"""
+
+
+def test_unreadable_files_and_folders_are_one_line_each(tmp_path):
+    """As a user without read access: root keeps access through CAP_DAC_OVERRIDE, so the readers run in a process
+    that drops it (setpriv), as a non-root user would be."""
+    cases = {}
+    for reader, unreadable in [("cifar10", "cifar-10-batches-py/data_batch_1"), ("cifar10", "cifar-10-batches-py"),
+                               ("fashionmnist", "train-labels-idx1-ubyte.gz"), ("fashionmnist", ".")]:
+        root = tmp_path / f"{reader}-{len(cases)}"
+        write_cifar10(root) if reader == "cifar10" else write_fashion(root, fake_fashion())
+        (root / unreadable).chmod(0)
+        cases[f"{reader}={root}"] = (root / unreadable).resolve()
+    drop_root_access = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    out = subprocess.run([*drop_root_access, sys.executable, "-c", UNREADABLE_CASES, *cases], capture_output=True,
+                         text=True, cwd=Path(D.__file__).parent, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr  # the CIFAR cases used to end in one
+    lines = out.stdout.splitlines()
+    assert len(lines) == len(cases), out.stdout
+    for line, (case, unreadable) in zip(lines, cases.items()):
+        assert line.startswith(f"{case} -> {unreadable}") and "cannot be read (Permission denied)" in line, line

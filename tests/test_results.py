@@ -58,7 +58,7 @@ def test_append_two_runs_writes_runs_curves_chart_and_reference(tmp_path):
     assert (first, second) == ("r0001", "r0002")
 
     book = openpyxl.load_workbook(path)
-    assert book.sheetnames == ["runs", "summary", "chart", "curves", "args", "reference"]
+    assert book.sheetnames == ["summary", "chart", "runs", "curves", "args", "reference"]  # printed in this order
     runs = rows(book["runs"])
     assert runs[0] == results.RUN_COLUMNS and len(runs) == 3
     record = dict(zip(runs[0], runs[1]))
@@ -78,9 +78,9 @@ def test_append_two_runs_writes_runs_curves_chart_and_reference(tmp_path):
         charts = [n for n in archive.namelist() if n.startswith("xl/charts/chart")]
     assert charts == ["xl/charts/chart1.xml"]
     chart_xml = read_part(path, charts[0])
-    assert chart_xml.count("<ser>") == 4  # two runs + the seed study's two curves
-    assert "<v>r0001 moco synthetic ours</v>" in chart_xml and "<v>r0002 moco synthetic original</v>" in chart_xml
-    assert "'curves'!$B$5:$B$6" in chart_xml
+    assert chart_xml.count("<ser>") == 4  # two settings (one run each) + the seed study's two curves
+    assert "<v>moco ours (1 run)</v>" in chart_xml and "<v>moco original (1 run)</v>" in chart_xml
+    assert "'chart'!$T$5:$T$6" in chart_xml and "'chart'!$U$5:$U$6" in chart_xml  # the second setting's 2 epochs
 
     reference = rows(book["reference"])
     assert reference[0][:7] == results.REFERENCE_COLUMNS
@@ -93,6 +93,26 @@ def test_append_two_runs_writes_runs_curves_chart_and_reference(tmp_path):
     seed = [r[8:13] for r in reference[1:] if r[8] is not None]
     assert [r[0] for r in seed] == list(range(1, 201))
     assert seed[-1][2] == 82.19 and seed[-1][4] == 85.01
+
+
+def test_chart_draws_one_line_per_setting_the_mean_over_its_seeds(tmp_path, monkeypatch):
+    """Every run used to be a line of its own (13 committed runs, a 15-line legend)."""
+    path = tmp_path / "results.xlsx"
+    point = lambda epoch, knn: {"epoch": epoch, "loss": 1.0, "knn_top1": knn, "lr": 0.06, "epoch_s": 4.0}  # noqa: E731
+    results.append_run(path, make_run(seed=0), [point(1, 30.0), point(2, 40.0)])
+    results.append_run(path, make_run(seed=1), [point(1, 21.0), point(2, None)])  # its monitor skipped epoch 2
+    results.append_run(path, make_run(aug="original"), [point(1, 10.0)])
+    data = [r[18:22] for r in rows(openpyxl.load_workbook(path)["chart"])]
+    assert data == [["setting", "epoch", "knn_top1_mean", "runs"],
+                    ["moco ours (2 runs)", 1, (30.0 + 21.0) / 2, 2], ["moco ours (2 runs)", 2, 40.0, 2],
+                    ["moco original (1 run)", 1, 10.0, 1]]
+    assert read_part(path, "xl/charts/chart1.xml").count("<ser>") == 2 + 2  # two settings, the seed study's two
+    # the settings with the newest runs; a label names what differs between them
+    monkeypatch.setattr(results, "CHART_MAX_SETTINGS", 2)
+    results.append_run(path, make_run(aug="original", epochs=5), [point(1, 12.0)])
+    chart_xml = read_part(path, "xl/charts/chart1.xml")
+    assert chart_xml.count("<ser>") == 2 + 2 and "<v>moco ours 3 ep (2 runs)</v>" not in chart_xml
+    assert "<v>moco original 3 ep (1 run)</v>" in chart_xml and "<v>moco original 5 ep (1 run)</v>" in chart_xml
 
 
 def test_chart_has_a_size_and_an_epoch_axis_from_the_runs(tmp_path):
@@ -537,13 +557,15 @@ def test_workbook_renders_in_libreoffice(tmp_path, monkeypatch):
     assert full_colour > 0.002 and full_colour > 5 * empty_colour + 0.001, (full_colour, empty_colour)
     assert sparse_colour > 2 * empty_colour + 0.0005, (sparse_colour, empty_colour)
     legend = pages[full][chart_pages[0][0] - 1]
-    assert "r0003 moco synthetic ours-clahe" in legend and "seed study: 7 transforms" in legend
+    assert "moco ours-clahe (1 run)" in legend and "seed study: 7 transforms" in legend
 
-    # The runs sheet comes first: a few pages, script not cut off, and the long args only on the `args` sheet
-    summary_page = next(i for i, text in enumerate(pages[full]) if "knn_top1_final_mean" in text)
-    assert 1 <= summary_page <= 5 and "moco_augmented.py" in pages[full][0]
-    assert not any("option_79" in text for text in pages[full][:summary_page])
-    assert any("option_79" in text for text in pages[full][summary_page:])
+    # Printed as a person reads it: the summary, the chart (without its data columns), then the runs, script not cut
+    # off, and the long args only on the `args` sheet
+    runs_page = next(i for i, text in enumerate(pages[full], 1) if "moco_augmented.py" in text)
+    assert "knn_top1_final_mean" in pages[full][0] and chart_pages[0][0] < runs_page <= 5, (chart_pages, runs_page)
+    assert not any("knn_top1_mean" in text for text in pages[full])
+    args_page = next(i for i, text in enumerate(pages[full], 1) if "option_79" in text)
+    assert args_page > runs_page
 
 
 def test_a_workbook_of_another_layout_is_refused_before_training(tmp_path):

@@ -133,6 +133,26 @@ def test_a_killed_search_resumes_and_its_killed_trial_is_failed_then_retried(tmp
     assert sorted((r["trial"], r["state"]) for r in rows) == sorted((t.number, t.state.name) for t in study)
 
 
+def test_an_interrupted_trial_is_failed_in_the_sheet_retried_once_and_not_counted(tmp_path):
+    argv = search_argv(tmp_path, 2)
+    process = start_search(argv, tmp_path, "interrupted.log")
+    first_run = tmp_path / "out" / "runs" / "trial-0000"  # made inside the trial's training run
+    deadline = time.time() + 240
+    while not first_run.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # Ctrl-C in the user's terminal
+    assert process.wait(timeout=120) == 130, (tmp_path / "interrupted.log").read_text()[-2000:]
+    assert states(tmp_path) == ["FAIL", "WAITING"]  # it used to be FAIL alone, never retried, counted as done
+    assert [(r["trial"], r["state"]) for r in sheet_rows(tmp_path / "r.xlsx", "search")] == [(0, "FAIL")]
+    search_augment.main(argv)  # the same command again: the retry, then one more trial
+    study = trials(tmp_path)
+    assert study[1].system_attrs.get("failed_trial") == 0 and study[1].params == study[0].params
+    assert [t.state.name for t in study][0] == "FAIL" and len(study) == 3
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study[1:])
+    rows = sheet_rows(tmp_path / "r.xlsx", "search")
+    assert sorted((r["trial"], r["state"]) for r in rows) == sorted((t.number, t.state.name) for t in study)
+
+
 def test_two_processes_on_one_sqlite_study_record_every_trial_exactly_once(tmp_path):
     argv = search_argv(tmp_path, 4)
     processes = [start_search(argv, tmp_path, f"p{i}.log") for i in range(2)]
