@@ -1,6 +1,7 @@
 """training.py: the run path's options, resume rules, monitor schedule, epoch callback and evaluation at init."""
 import argparse
 import json
+import re
 
 import pytest
 import torch
@@ -164,3 +165,27 @@ def test_a_queue_as_long_as_the_training_set_is_noted(tmp_path, capsys):
     assert note_at_init(63) == []
     with_note = training.default_options(SimCLR, subset=8)
     assert SimCLR.notes(with_note, 8) == []  # no queue, no note
+
+
+def test_the_progress_bar_shows_the_epochs_running_mean_loss(capsys):
+    """The bar used to show an early step's loss (0.0655) while the epoch's mean was 3.59. Step i's loss here is i."""
+    class StepLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, images, labels):
+            return self.weight * 0 + images.float().mean()
+
+        def before_step(self, epoch, step, steps_per_epoch, epochs):
+            pass
+
+    model = StepLoss()
+    batches = [(torch.full((2, 3, 4, 4), float(i)), torch.zeros(2, dtype=torch.long)) for i in range(25)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    rt = training.Runtime(torch.device("cpu"), "fp32")
+    mean, images, _, _ = training.train_epoch(rt, model, model, batches, optimizer, lambda t: 0.1, 0, 1)
+    assert mean == sum(range(25)) / 25 and images == 50
+    shown = [float(x) for x in re.findall(r"loss=([\d.]+)", capsys.readouterr().err)]
+    # refreshed after steps 1, 11 and 21: the means of losses 0, 0..10 and 0..20
+    assert sorted(set(shown)) == [0.0, sum(range(11)) / 11, sum(range(21)) / 21], shown
