@@ -319,44 +319,6 @@ def describe_policy(policy) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-# The default search space around the seed's 7 ops + blur, for an Optuna search: per op, "on": (False, True) when it
-# may be switched off (crop always stays), every other key a (low, high) range of that value. As flat Optuna
-# parameters: "solarize.on", "solarize.p", "solarize.threshold", ...; see policy_from_params.
-SEARCH_SPACE = {
-    "crop": {"scale_min": (0.08, 0.5)},
-    "jitter": {"on": (False, True), "p": (0.0, 1.0), "strength": (0.0, 1.0), "hue": (0.0, 0.2)},
-    "flip": {"on": (False, True), "p": (0.0, 0.5)},  # p and 1 - p flip equally often in effect
-    "gray": {"on": (False, True), "p": (0.0, 0.5)},
-    "blur": {"on": (False, True), "p": (0.0, 1.0), "sigma_max": (0.5, 3.0)},
-    "solarize": {"on": (False, True), "p": (0.0, 0.5), "threshold": (0.3, 0.9)},
-    "clahe": {"on": (False, True), "p": (0.0, 0.5), "clip": (1.0, 8.0)},
-    "brightness_contrast": {"on": (False, True), "p": (0.0, 0.5), "limit": (0.0, 0.4)},
-}
-
-
-def policy_from_params(params: dict, base="original", size=32) -> Policy:
-    """Flat search parameters {"solarize.on": True, "solarize.p": 0.3, ...} applied to the policy of spec `base`:
-    "op.on" adds or removes the op (absent: as in base), the other "op.param" values set it. Values of an op switched
-    off are ignored; keys that name no op (a trial's other hyper-parameters, such as "lr") are skipped."""
-    policy = resolve_policy(base, size)
-    switches = {key[: -len(".on")]: on for key, on in params.items() if key.endswith(".on")}
-    switches = {name: on for name, on in switches.items() if name in OPS}
-    for name, on in switches.items():
-        if not isinstance(on, (bool, np.bool_)):
-            raise UserError(f"{name}.on must be True or False, got {on!r}")
-        if on != (name in names_of(policy)):
-            (add_op if on else remove_op)(policy, name, f"{base}, {name}.on={on}")
-    for key, value in params.items():
-        name, _, param = key.partition(".")
-        if name not in OPS or param == "on" or switches.get(name) is False:
-            continue
-        if name not in names_of(policy):
-            raise UserError(f"{key} is given but {base!r} has no {name}: switch it on with {name}.on=True")
-        set_value(policy[names_of(policy).index(name)], param, value, f"{key}={value}")
-    check_policy(policy, "search parameters")
-    return policy
-
-
 def build_ops(spec, size):
     """[(op name, transform)] of a spec or Policy, without Normalize/ToTensorV2 (resize is resize + center_crop)."""
     size = check_size(size)
@@ -373,7 +335,7 @@ def build_ops(spec, size):
 def build_transform(spec, size, mean=None, std=None) -> A.Compose:
     """uint8 HWC RGB image of any size -> tensor (3, size, size) under a spec or Policy: float32 normalised with
     mean/std (in [0, 1] units), or, without mean/std, uint8 for a loader whose batches are normalised on the device
-    (training.Runtime.to_device), which is what the scripts do."""
+    (runtime.Runtime.to_device), which is what the scripts do."""
     if (mean is None) != (std is None):
         raise ValueError("give both mean and std, or neither")
     normalize = [] if mean is None else [A.Normalize(mean=mean, std=std, max_pixel_value=255)]

@@ -35,7 +35,9 @@ from datasets import dataset_info, load_splits, synthetic_images
 from evaluation import knn_predict, knn_top1
 from loading import TransformDataset, make_train_loader, usable_cores
 from methods import MoCo, SimCLR
-from training import Runtime, build_loaders, build_model, default_options, setup_runtime, train_epoch
+from run_options import default_options
+from runtime import Runtime, setup_runtime
+from training import build_loaders, build_model, train_epoch
 
 DEMO = default_options(MoCo)  # the default MoCo recipe (the CIFAR demo's): aug, crops, batch, workers, model
 SIMCLR = default_options(SimCLR)  # simclr_main.py's defaults: ResNet-18, Adam, NT-Xent
@@ -247,7 +249,7 @@ def bench_step(args, device):
     if not cuda:
         print("\nfp32 only: mixed precision needs a CUDA GPU.")
     elif torch.backends.cudnn.allow_tf32:
-        print("\nfp32 rows run convolutions and matmuls in TF32, as training.setup_runtime sets for the scripts.")
+        print("\nfp32 rows run convolutions and matmuls in TF32, as runtime.setup_runtime sets for the scripts.")
     free_memory(device)
     return moco_best
 

@@ -1,4 +1,5 @@
-"""Evaluation every method shares: kNN monitor, linear probes, classification accuracy.
+"""Evaluation every method shares: kNN monitor, linear evaluation (probe, lincls, finetune), classification
+accuracy.
 
 Every function takes the network as a module and puts it in eval mode itself (and restores its mode after): features
 from a network whose BatchNorm is still in training mode would be silently wrong."""
@@ -10,7 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from augmentations import build_transform
+from loading import TransformDataset, make_train_loader
 from optim import amp_step, lr_at, set_lr
+from runtime import Runtime
 
 
 @contextmanager
@@ -27,7 +31,7 @@ def evaluating(*modules):
 
 
 @torch.no_grad()
-def extract_features(rt, encoder, loader, normalize=True):
+def extract_features(rt: Runtime, encoder, loader, normalize=True):
     """Features and labels of every image in `loader` (in dataset order) under encoder.eval(), from all processes.
 
     Under DDP each process encodes its own shard (loader built on a rank-strided Subset) and the shards are
@@ -86,13 +90,14 @@ def topk_accuracy(scores, labels, ks=(1, 5)):
     return [100.0 * correct[:, :k].any(dim=1).float().mean().item() if k <= scores.shape[1] else None for k in ks]
 
 
-def knn_top1(rt, encoder, memory_loader, test_loader, num_classes, k=200, t=0.1):
+def knn_top1(rt: Runtime, encoder, memory_loader, test_loader, num_classes, k=200, t=0.1):
     bank, bank_labels = extract_features(rt, encoder, memory_loader)
     feats, labels = extract_features(rt, encoder, test_loader)
     return topk_accuracy(knn_predict(feats, bank, bank_labels, num_classes, k, t), labels, ks=(1,))[0]
 
 
-def linear_probe(rt, encoder, train_loader, test_loader, num_classes, epochs=100, batch_size=256, lr=1e-3, seed=0):
+def linear_probe(rt: Runtime, encoder, train_loader, test_loader, num_classes, epochs=100, batch_size=256, lr=1e-3,
+                 seed=0):
     """Fast linear probe: a linear classifier trained with Adam on cached, standardised frozen features.
 
     Returns (top1, top5) on the test set, top5 None when there are 5 classes or fewer.
@@ -118,13 +123,13 @@ def linear_probe(rt, encoder, train_loader, test_loader, num_classes, epochs=100
 
 
 @torch.no_grad()
-def classification_accuracy(rt, classifier, loader):
+def classification_accuracy(rt: Runtime, classifier, loader):
     """(top1, top5) of a classifier module over a labelled loader, gathered over processes."""
     scores, labels = extract_features(rt, classifier, loader, normalize=False)
     return tuple(topk_accuracy(scores, labels))
 
 
-def train_linear_head(rt, backbone, head, train_loader, epochs, optimizer, lr_fn, desc="linear"):
+def train_linear_head(rt: Runtime, backbone, head, train_loader, epochs, optimizer, lr_fn, desc="linear"):
     """Train `head` on the frozen `backbone` over augmented batches (facebookresearch/moco's main_lincls protocol,
     and SimCLR's output-head fine-tune). The backbone stays in eval mode, so its BatchNorm statistics are kept."""
     mode = backbone.training
@@ -141,3 +146,27 @@ def train_linear_head(rt, backbone, head, train_loader, epochs, optimizer, lr_fn
                 loss = F.cross_entropy(head(feats.float()), labels)
             amp_step(rt, optimizer, loss)
     backbone.train(mode)
+
+
+def linear_evaluation(rt: Runtime, opts, backbone, splits, num_classes, crop_size, batch, memory_loader,
+                      test_loader):
+    """Frozen-backbone linear evaluation -> (top1, top5): `probe` on cached features of the memory split (the kNN
+    monitor's batches), `lincls` as facebookresearch/moco's main_lincls, `finetune` as simclr_main's output head."""
+    if opts.linear_protocol == "probe":
+        return linear_probe(rt, backbone, memory_loader, test_loader, num_classes,
+                                       epochs=opts.linear_epochs, seed=opts.seed)
+    epochs = opts.linear_epochs
+    loader = make_train_loader(rt, TransformDataset(splits.memory, build_transform("supervised", crop_size)), batch,
+                               opts.workers, opts.seed + 1)
+    head = torch.nn.Linear(backbone.feat_dim, num_classes).to(rt.device)
+    if opts.linear_protocol == "lincls":  # SGD lr 30 momentum 0.9 wd 0, lr x0.1 at 60% and 80% of the epochs
+        torch.nn.init.normal_(head.weight, std=0.01)
+        torch.nn.init.zeros_(head.bias)
+        optimizer = torch.optim.SGD(head.parameters(), lr=30.0, momentum=0.9, weight_decay=0.0)
+        lr_fn = lambda t: lr_at(int(t), 30.0, epochs, "step", (0.6 * epochs, 0.8 * epochs))  # noqa: E731
+    else:
+        optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
+        lr_fn = lambda t: lr_at(t, 1e-3, epochs)  # noqa: E731
+    trained = torch.nn.parallel.DistributedDataParallel(head) if rt.distributed else head
+    train_linear_head(rt, backbone, trained, loader, epochs, optimizer, lr_fn, desc=opts.linear_protocol)
+    return classification_accuracy(rt, torch.nn.Sequential(backbone, head), test_loader)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from augmentations import MultiCrop, MultiView
 from datasets import ImageDataset
+from runtime import Runtime
 
 EVAL_CACHE_BYTES = 2 * 2**30  # eval sets up to this size after the eval transform are kept in memory (CIFAR: 0.18 GB)
 
@@ -82,7 +83,7 @@ def make_loader(dataset, batch_size, workers, sampler=None, drop_last=False, dev
                       worker_init_fn=_init_worker, generator=torch.Generator().manual_seed(seed))
 
 
-def make_train_loader(rt, dataset, batch_size, workers, seed=0) -> DataLoader:
+def make_train_loader(rt: Runtime, dataset, batch_size, workers, seed=0) -> DataLoader:
     """Shuffled, augmentation-seeded loader of full batches of this process's share (call sampler.set_epoch)."""
     sampler = EpochSampler(dataset, rt.rank, rt.world_size, seed)
     return make_loader(dataset, batch_size, workers, sampler, drop_last=True, device_type=rt.device.type, seed=seed)
@@ -111,7 +112,7 @@ class ReplayedBatches:
         self.batches, self.loader = batches, None  # dropping the loader ends its workers
 
 
-def make_eval_loader(rt, dataset, batch_size, workers):
+def make_eval_loader(rt: Runtime, dataset, batch_size, workers):
     """In-order batches; under DDP each process takes images rank, rank + world, ... (see evaluation.interleave_shards).
     A set that fits in EVAL_CACHE_BYTES (as the views it becomes) is read once and replayed (ReplayedBatches);
     a larger one is re-read on every pass by persistent workers."""

@@ -1,16 +1,18 @@
-"""One class per method, all with the same interface (DESIGN.md, "The method interface and the run path").
+"""One class per method, all with the same interface: everything the run path (training.run) asks of a method.
 
 A method is an nn.Module built from its options that
-- declares its own command-line options (`add_options`) and its published recipe for the shared ones (`recipe`);
+- declares its own command-line options (`add_options`, checked by `check_options`) and its published recipe for the
+  shared ones (`recipe`), with its optimizer (`optimizer_recipe`) and lr schedule (`lr_schedule`);
 - gives the loss of a batch of views from `forward(views, labels)`, with any per-step work inside (MoCo's momentum
-  update and queue);
-- names the encoder its kNN monitor reads (`monitor_encoder`) and the backbone linear evaluation freezes (`backbone`);
+  update and queue) or in `before_step`;
+- names the encoder its kNN monitor reads (`monitor_encoder`), the backbone linear evaluation freezes (`backbone`),
+  and a classifier trained on labels whose accuracy is recorded (`supervised_classifier`, None for the others);
 - says which parameters its optimizer trains (`trainable_parameters`, grouped by `param_groups` where a group needs its
-  own optimizer settings);
-- says whether it can train on multi-crop's local crops (`local_crops_ok`).
-training.run(method, options) does everything else. Adding a method means adding a class here and to METHODS.
+  own optimizer settings) and what its workbook row records of it (`record_fields`: head, debias, mochi, options);
+- says whether it can train on multi-crop's local crops (`local_crops_ok`) and warns of settings that work against
+  it (`notes`).
+Adding a method means adding a class here and to METHODS.
 """
-import copy
 import itertools
 import math
 
@@ -22,8 +24,8 @@ import torch.nn.functional as F
 from cli import UserError
 from losses import (byol_loss, debiased_infonce, mochi_negatives, moco_infonce, negative_cosine, nt_xent, sinkhorn,
                     swav_loss)
-from models import build_backbone, gather_all, projection_head
-from optim import OPTIMIZERS
+from models import build_backbone, ema_update, gather_all, momentum_copy, projection_head
+from optim import OPTIMIZERS, demo_lr, lr_at
 
 
 class Method(nn.Module):
@@ -53,6 +55,11 @@ class Method(nn.Module):
 
     lr_per_epoch = False  # the lr is set once per epoch (MoCo demo) instead of every step
 
+    @staticmethod
+    def lr_schedule(opts, lr, warmup):
+        """The lr at a fractional epoch t: linear warm-up, then cosine to 0 over the run, set every step."""
+        return lambda t: lr_at(t, lr, opts.epochs, "cos", warmup_epochs=warmup)
+
     def before_step(self, epoch, step, steps_per_epoch, epochs):
         """Called before every training step with the position in the run (e.g. for a warm-up of a loss term)."""
 
@@ -69,6 +76,11 @@ class Method(nn.Module):
     def monitor_encoder(self):
         """The encoder the kNN monitor reads."""
         return self.backbone
+
+    @property
+    def supervised_classifier(self):
+        """A classifier trained on labels, whose test top-1 is the run's supervised_top1; None for self-supervision."""
+        return None
 
     def record_fields(self):
         """This method's own columns of the workbook row (head, debias, mochi, method_options) and its options."""
@@ -116,6 +128,11 @@ class MoCo(Method):
     name = "moco"
     recipe = dict(epochs=200, batch_size=512, lr=0.06, wd=5e-4, aug="ours", bn_splits=8)
     lr_per_epoch = True
+
+    @staticmethod
+    def lr_schedule(opts, lr, warmup):
+        """The demo's: set once per epoch, from the cosine (--cos) or the 10x drops at --schedule."""
+        return lambda t: demo_lr(int(t), lr, opts.epochs, opts.cos, opts.schedule)
 
     @staticmethod
     def add_options(p):
@@ -177,8 +194,7 @@ class MoCo(Method):
         self.mix_hard_negatives = False
         backbone = build_backbone(opts.arch, cifar_stem, bn_splits, opts.width)
         self.encoder_q = nn.Sequential(backbone, projection_head(backbone.feat_dim, opts.moco_dim, opts.mlp or None))
-        self.encoder_k = copy.deepcopy(self.encoder_q)
-        self.encoder_k.requires_grad_(False)
+        self.encoder_k = momentum_copy(self.encoder_q)
         self.register_buffer("queue", F.normalize(torch.randn(self.K, opts.moco_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.head = f"mlp {opts.mlp}-{opts.moco_dim}" if opts.mlp else f"linear {opts.moco_dim}"
@@ -197,11 +213,8 @@ class MoCo(Method):
     def before_step(self, epoch, step, steps_per_epoch, epochs):
         self.mix_hard_negatives = self.mochi is not None and epoch >= self.mochi_start
 
-    @torch.no_grad()
     def momentum_update(self):
-        k_params = list(self.encoder_k.parameters())
-        torch._foreach_mul_(k_params, self.m)
-        torch._foreach_add_(k_params, list(self.encoder_q.parameters()), alpha=1.0 - self.m)
+        ema_update(self.encoder_k, self.encoder_q, self.m)
 
     @torch.no_grad()
     def enqueue(self, keys):
@@ -300,8 +313,7 @@ class Supervised(Method):
         self.classifier = nn.Linear(self.backbone.feat_dim, num_classes)
 
     @property
-    def predictor(self):
-        """The trained classifier whose test accuracy is the run's supervised top-1."""
+    def supervised_classifier(self):
         return nn.Sequential(self.backbone, self.classifier)
 
     def forward(self, views, labels=None):
@@ -380,10 +392,8 @@ class BYOL(Method):
         super().__init__()
         backbone = build_backbone(opts.arch, cifar_stem, bn_splits, opts.width)
         self.online = nn.Sequential(backbone, projection_head(backbone.feat_dim, opts.proj_dim, opts.proj_hidden))
-        # Not `predictor`: the run path reads that name as a supervised classifier to score.
         self.prediction_mlp = projection_head(opts.proj_dim, opts.proj_dim, opts.pred_hidden)
-        self.target = copy.deepcopy(self.online)
-        self.target.requires_grad_(False)
+        self.target = momentum_copy(self.online)
         self.tau_base = opts.tau_base if opts.tau_base is not None else 0.99 if cifar_stem else 0.996
         self.register_buffer("tau", torch.tensor(self.tau_base))
         self.head = f"mlp {opts.proj_hidden}-{opts.proj_dim}, predictor {opts.pred_hidden}-{opts.proj_dim}"
@@ -402,11 +412,8 @@ class BYOL(Method):
         k, total = epoch * steps_per_epoch + step, epochs * steps_per_epoch
         self.tau.fill_(1 - (1 - self.tau_base) * (math.cos(math.pi * k / total) + 1) / 2)
 
-    @torch.no_grad()
     def update_target(self):
-        target, online = list(self.target.parameters()), list(self.online.parameters())
-        torch._foreach_mul_(target, self.tau)
-        torch._foreach_add_(target, torch._foreach_mul(online, 1 - self.tau))
+        ema_update(self.target, self.online, self.tau)
 
     def forward(self, views, labels=None):
         self.update_target()

@@ -1,5 +1,6 @@
 """The nets methods are made of: torchvision ResNet backbones with the CIFAR stem, SplitBatchNorm, heads, and the
 cross-process gather."""
+import copy
 from functools import partial
 
 import torch
@@ -99,3 +100,22 @@ def gather_all(x, with_grad=False):
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.detach().contiguous())
     return torch.cat(parts)
+
+
+def momentum_copy(module):
+    """A frozen copy of `module`, which ema_update then moves towards it: MoCo's key encoder, BYOL's target."""
+    target = copy.deepcopy(module)
+    target.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update(target, online, momentum):
+    """target = momentum * target + (1 - momentum) * online, over the parameters (buffers are the target's own).
+    momentum may be a tensor (BYOL's tau buffer), so that a compiled forward is not recompiled for every value."""
+    target_params, online_params = list(target.parameters()), list(online.parameters())
+    torch._foreach_mul_(target_params, momentum)
+    if isinstance(momentum, torch.Tensor):
+        torch._foreach_add_(target_params, torch._foreach_mul(online_params, 1 - momentum))
+    else:
+        torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)

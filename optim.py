@@ -4,6 +4,7 @@ import math
 import torch
 
 from lars import LARS
+from runtime import Runtime
 
 OPTIMIZERS = ("sgd", "adam", "lars")
 
@@ -43,7 +44,7 @@ def set_lr(optimizer, lr):
         group["lr"] = lr
 
 
-def amp_step(rt, optimizer, loss):
+def amp_step(rt: Runtime, optimizer, loss):
     """zero_grad, backward and step through the runtime's loss scaler (a no-op scaler unless fp16)."""
     optimizer.zero_grad(set_to_none=True)
     rt.scaler.scale(loss).backward()

@@ -6,10 +6,14 @@
     python pretrain.py --method moco --help                       # the shared options and that method's own
 """
 import sys
+from pathlib import Path
 
 import training
 from cli import ArgumentParser, parse_with_given, run_main
 from methods import METHODS, get_method
+from run_options import add_run_options
+
+SCRIPT = Path(__file__).name  # recorded in the workbook row
 
 
 def parse_args(argv=None):
@@ -18,13 +22,13 @@ def parse_args(argv=None):
     choose.add_argument("--method", default="moco", choices=list(METHODS))
     method = get_method(choose.parse_known_args(argv)[0].method)
     parser = ArgumentParser(description=__doc__.split("\n")[0], parents=[choose])
-    options, given = parse_with_given(training.add_run_options(parser, method), argv)
+    options, given = parse_with_given(add_run_options(parser, method), argv)
     return method, options, given
 
 
 def main(argv=None):
     method, options, given = parse_args(argv)
-    return training.run(method, options, given=given)
+    return training.run(method, options, given=given, script=SCRIPT)
 
 
 if __name__ == "__main__":

@@ -22,33 +22,49 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 import training
-from augmentations import SEARCH_SPACE, policy_from_params, policy_to_json, resolve_policy
+from augmentations import (OPS, Policy, add_op, check_policy, names_of, policy_to_json, remove_op, resolve_policy,
+                           set_value)
 from cli import ArgumentParser, UserError, parse_with_given, run_main
 from datasets import check_crop_size, dataset_info
 from methods import METHODS, RawPixels, get_method
 from results import append_search_trials
+from run_options import add_run_options
+
+SCRIPT = Path(__file__).name  # recorded in the workbook rows
+
+
+def search_parser():
+    """The search's and grid's own options; every other option is each proxy run's (run_options)."""
+    p = ArgumentParser(add_help=False)
+    own = p.add_argument_group("search and grid", "the search's own options; the others are each proxy run's")
+    own.add_argument("--method", default="moco", choices=[name for name in METHODS if name != "pixels"])
+    own.add_argument("--trials", type=int, default=20, help="trials of the study in all (over every process)")
+    own.add_argument("--storage", default="sqlite:///search.db", help="Optuna storage URL (SQLite, PostgreSQL, ...)")
+    own.add_argument("--out", default=None, help="folder for trial policies, runs, plots, best.json; None: search-<study>")
+    own.add_argument("--prune-below", type=float, default=None, metavar="SCORE",
+                     help="also prune a trial whose validation kNN top-1 falls below SCORE at any epoch")
+    own.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
+                     help="SQL storages: a trial silent for 3 heartbeats (a killed process) is failed and retried once")
+    own.add_argument("--base", default="original", help="the policy the search space is laid over and compared with")
+    own.add_argument("--grid", nargs="+", default=None, metavar="SPEC", help="evaluate these specs instead of searching")
+    own.add_argument("--seeds", type=int, default=1, help="grid: seeds per spec (0, 1, ...)")
+    own.add_argument("--baselines", action="store_true",
+                     help="grid: also the network at initialisation and raw pixels, on the same protocol")
+    return p
+
+
+SEARCH_OPTIONS = [action.dest for action in search_parser()._actions]  # stripped from a proxy run's options
 
 
 def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    choose = ArgumentParser(add_help=False)
-    choose.add_argument("--method", default="moco", choices=[name for name in METHODS if name != "pixels"])
-    method = get_method(choose.parse_known_args(argv)[0].method)
-    p = training.add_run_options(ArgumentParser(description=__doc__.split("\n")[0], parents=[choose]), method)
-    p.add_argument("--trials", type=int, default=20, help="trials of the study in all (over every process)")
-    p.add_argument("--storage", default="sqlite:///search.db", help="Optuna storage URL (SQLite, PostgreSQL, ...)")
+    search = search_parser()
+    method = get_method(search.parse_known_args(argv)[0].method)
+    p = add_run_options(ArgumentParser(description=__doc__.split("\n")[0], parents=[search]), method)
     p.set_defaults(study=None)  # the run option --study names the Optuna study too; None: <method>-<dataset>
-    p.add_argument("--out", default=None, help="folder for trial policies, runs, plots, best.json; None: search-<study>")
-    p.add_argument("--prune-below", type=float, default=None, metavar="SCORE",
-                   help="also prune a trial whose validation kNN top-1 falls below SCORE at any epoch")
-    p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
-                   help="SQL storages: a trial silent for 3 heartbeats (a killed process) is failed and retried once")
-    p.add_argument("--base", default="original", help="the policy the search space is laid over and compared with")
-    p.add_argument("--grid", nargs="+", default=None, metavar="SPEC", help="evaluate these specs instead of searching")
-    p.add_argument("--seeds", type=int, default=1, help="grid: seeds per spec (0, 1, ...)")
-    p.add_argument("--baselines", action="store_true",
-                   help="grid: also the network at initialisation and raw pixels, on the same protocol")
     p.set_defaults(epochs=2, batch_size=64, linear_epochs=0, knn_every=1)  # the proxy's budget
     for action in p._actions:  # these two defaults depend on the mode, which --help must say
         if action.dest == "knn_k":
@@ -76,8 +92,7 @@ def parse_args(argv=None):
 def run_options(options, **changes):
     """The options of one proxy run: the search's own options dropped, the run's set."""
     opts = copy.copy(options)
-    for name in ("trials", "storage", "out", "base", "grid", "seeds", "baselines", "method", "prune_below",
-                 "heartbeat"):
+    for name in SEARCH_OPTIONS:
         delattr(opts, name)
     for name, value in changes.items():
         setattr(opts, name, value)
@@ -108,7 +123,7 @@ def grid(method, options):
         if (run_dir / "checkpoint_last.pth").exists():  # a killed run of this grid: continue it
             opts.resume = str(run_dir / "checkpoint_last.pth")
         started = time.time()
-        record = training.run(job_method, opts)
+        record = training.run(job_method, opts, script=SCRIPT)
         done[key] = dict(label=label, seed=seed, run_id=record.get("run_id"), run_dir=str(run_dir),
                          knn_top1_final=record["knn_top1_final"], knn_top1_best=record["knn_top1_best"],
                          linear_top1=record["linear_top1"])
@@ -166,6 +181,45 @@ def plot_grid_curves(done, specs, path, options):
 
 # ---------------------------------------------------------------- search
 
+# The default search space around the seed's 7 ops + blur, for an Optuna search: per op, "on": (False, True) when it
+# may be switched off (crop always stays), every other key a (low, high) range of that value. As flat Optuna
+# parameters: "solarize.on", "solarize.p", "solarize.threshold", ...; see policy_from_params.
+SEARCH_SPACE = {
+    "crop": {"scale_min": (0.08, 0.5)},
+    "jitter": {"on": (False, True), "p": (0.0, 1.0), "strength": (0.0, 1.0), "hue": (0.0, 0.2)},
+    "flip": {"on": (False, True), "p": (0.0, 0.5)},  # p and 1 - p flip equally often in effect
+    "gray": {"on": (False, True), "p": (0.0, 0.5)},
+    "blur": {"on": (False, True), "p": (0.0, 1.0), "sigma_max": (0.5, 3.0)},
+    "solarize": {"on": (False, True), "p": (0.0, 0.5), "threshold": (0.3, 0.9)},
+    "clahe": {"on": (False, True), "p": (0.0, 0.5), "clip": (1.0, 8.0)},
+    "brightness_contrast": {"on": (False, True), "p": (0.0, 0.5), "limit": (0.0, 0.4)},
+}
+
+
+def policy_from_params(params: dict, base="original", size=32) -> Policy:
+    """Flat search parameters {"solarize.on": True, "solarize.p": 0.3, ...} applied to the policy of spec `base`:
+    "op.on" adds or removes the op (absent: as in base), the other "op.param" values set it. Values of an op switched
+    off are ignored; keys that name no op (a trial's other hyper-parameters, such as "lr") are skipped."""
+    policy = resolve_policy(base, size)
+    switches = {key[: -len(".on")]: on for key, on in params.items() if key.endswith(".on")}
+    switches = {name: on for name, on in switches.items() if name in OPS}
+    for name, on in switches.items():
+        if not isinstance(on, (bool, np.bool_)):
+            raise UserError(f"{name}.on must be True or False, got {on!r}")
+        if on != (name in names_of(policy)):
+            (add_op if on else remove_op)(policy, name, f"{base}, {name}.on={on}")
+    for key, value in params.items():
+        name, _, param = key.partition(".")
+        if name not in OPS or param == "on" or switches.get(name) is False:
+            continue
+        if name not in names_of(policy):
+            raise UserError(f"{key} is given but {base!r} has no {name}: switch it on with {name}.on=True")
+        set_value(policy[names_of(policy).index(name)], param, value, f"{key}={value}")
+    check_policy(policy, "search parameters")
+    return policy
+
+
+
 def suggest_params(trial):
     """One point of SEARCH_SPACE: each op on/off (crop always on), then its p and magnitudes when on."""
     params = {}
@@ -216,7 +270,7 @@ def search(method, options):
         run_dir = out / "runs" / f"trial-{trial.number:04d}"
         opts = run_options(options, aug=str(policy_file), results_dir=str(run_dir))
         try:
-            score = training.run(method, opts, on_epoch=report, quiet=True)["knn_top1_final"]
+            score = training.run(method, opts, on_epoch=report, quiet=True, script=SCRIPT)["knn_top1_final"]
         except training.NonFiniteLoss as error:  # this policy diverged: failed (NaN is Optuna's FAIL), search goes on
             record(None, "FAIL")
             print(f"note: trial {trial.number} failed: {error}")
@@ -260,12 +314,12 @@ def search(method, options):
     base_score = study.user_attrs.get("base_score")
     if base_score is None:  # the base policy on the same proxy, once per study
         opts = run_options(options, aug=options.base, results_dir=str(out / "runs" / f"base-validation-{tag}"))
-        base_score = training.run(method, opts, quiet=True)["knn_top1_final"]
+        base_score = training.run(method, opts, quiet=True, script=SCRIPT)["knn_top1_final"]
         study.set_user_attr("base_score", base_score)
     plot_study(study, out)
     test = {name: training.run(method, run_options(options, aug=aug, val_size=0,
                                                    results_dir=str(out / "runs" / f"{name}-{tag}")),
-                               quiet=True)["knn_top1_final"]
+                               quiet=True, script=SCRIPT)["knn_top1_final"]
             for name, aug in (("best-test", str(out / "best.json")), ("base-test", options.base))}
     print(f"best policy {out / 'best.json'}: {best.user_attrs['policy']}")
     print(f"proxy ({scored} kNN top-1): best {best.value:.2f} vs base '{options.base}' {base_score:.2f}, ratio "

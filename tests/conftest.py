@@ -38,8 +38,8 @@ def error_of(argv, capsys, main):
 
 def method_options(method, **overrides):
     """A method's full options (its recipe's defaults) with overrides, for building it directly in a test."""
-    import training
-    return training.default_options(method, **overrides)
+    import run_options
+    return run_options.default_options(method, **overrides)
 
 
 def small_moco(**overrides):

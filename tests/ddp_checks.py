@@ -11,7 +11,8 @@ from evaluation import interleave_shards
 from losses import nt_xent
 from methods import MoCo
 from models import gather_all
-from training import default_options, setup_runtime
+from run_options import default_options
+from runtime import setup_runtime
 
 rt = setup_runtime("fp32", seed=0)
 rank, world = rt.rank, rt.world_size

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bench
-from training import UserError
+from cli import UserError
 
 NUMBER = r"[\d,]+(\.\d+)?"
 

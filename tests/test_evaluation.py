@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation import knn_predict, linear_probe, topk_accuracy
-from training import setup_runtime
+from runtime import setup_runtime
 
 
 def demo_knn_predict(feature, feature_bank, feature_labels, classes, knn_k, knn_t):

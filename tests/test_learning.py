@@ -21,6 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import training  # noqa: E402
+import run_options
 from methods import METHODS  # noqa: E402
 
 COMMON = dict(dataset="synthetic", width=0.25, aug="original", knn_k=20, knn_every=0, linear_epochs=0, workers=0,
@@ -48,7 +49,7 @@ MARGINS = {  # kNN top-1 points over the network at init, seeds 0, 1, 2 (python 
 
 
 def knn_at(tmp_path, method, epochs, seed=0):
-    options = training.default_options(METHODS[method], **{**COMMON, **LEARNING[method], "epochs": epochs},
+    options = run_options.default_options(METHODS[method], **{**COMMON, **LEARNING[method], "epochs": epochs},
                                        seed=seed, results=str(tmp_path / "r.xlsx"),
                                        results_dir=str(tmp_path / f"{method}-{seed}-{epochs}"))
     return training.run(method, options, quiet=True)["knn_top1_final"]

@@ -117,7 +117,7 @@ def test_supervised_loss_is_cross_entropy_and_predictor_classifies():
     torch.manual_seed(0)
     model = Supervised(method_options(Supervised), 7, True, 1).eval()
     images, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 6, 3])
-    logits = model.predictor(images)
+    logits = model.supervised_classifier(images)
     assert logits.shape == (3, 7)
     assert model(images, labels).item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
 

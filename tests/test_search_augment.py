@@ -8,12 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from conftest import error_of, sheet_rows
 
 import search_augment
+import augmentations as aug
 from augmentations import policy_from_json
+from cli import UserError
 
 TINY = ["--method", "supervised", "--width", "0.25", "--dataset", "synthetic", "--subset", "48", "--batch-size", "16",
         "--workers", "0", "--crop-size", "16", "--epochs", "1", "--val-size", "40"]  # 16 px, a quarter of the width
@@ -191,3 +194,56 @@ def test_the_search_proxy_scores_with_20_neighbours_unless_told(tmp_path):
     assert search_augment.parse_args(search_argv(tmp_path, 1))[1].knn_k == 20
     assert search_augment.parse_args([*search_argv(tmp_path, 1), "--knn-k", "7"])[1].knn_k == 7
     assert search_augment.parse_args([*TINY, "--grid", "ours"])[1].knn_k == 200  # the grid keeps the monitor's
+
+
+# --- the search space: flat Optuna parameters laid over a base policy ---------------------------------------
+
+def test_search_space_lies_in_the_valid_ranges_and_holds_the_defaults():
+    assert set(search_augment.SEARCH_SPACE) == set(aug.SEED_OPS) | {"blur"}
+    for name, space in search_augment.SEARCH_SPACE.items():
+        default_p, params = aug.OPS[name]
+        for param, choices in space.items():
+            if param == "on":
+                assert choices == (False, True)
+                continue
+            low, high = choices
+            valid_low, valid_high = (0, 1) if param == "p" else params[param][1:]
+            assert valid_low <= low < high and (valid_high is None or high <= valid_high), (name, param)
+            default = default_p if param == "p" else params[param][0]
+            assert low <= default <= high, (name, param)
+
+
+def sample_params(rng):
+    """What an Optuna trial suggests: a value for every key of SEARCH_SPACE, plus unrelated hyper-parameters."""
+    params = {"lr": 0.1, "batch_size": 256}
+    for name, space in search_augment.SEARCH_SPACE.items():
+        for param, choices in space.items():
+            params[f"{name}.{param}"] = bool(rng.integers(2)) if param == "on" else float(rng.uniform(*choices))
+    return params
+
+
+def test_policy_from_params():
+    policy = search_augment.policy_from_params({"solarize.on": True, "solarize.p": 0.3, "gray.on": False, "gray.p": 0.4,
+                                     "jitter.strength": 0.7, "crop.scale_min": 0.2, "lr": 0.03})
+    assert aug.op_names(policy) == ["crop", "jitter", "flip", "solarize"]
+    assert policy[0].params["scale_min"] == 0.2 and policy[1].params["strength"] == 0.7
+    assert policy[3] == aug.Op("solarize", 0.3, {"threshold": 0.5})
+    assert search_augment.policy_from_params({}, base="ours", size=96) == aug.resolve_policy("ours", 96)
+    assert aug.op_names(search_augment.policy_from_params({"blur.on": True}, base="simclr", size=32))[-1] == "blur"
+    with pytest.raises(UserError, match="clahe.clip is given but 'original' has no clahe: switch it on"):
+        search_augment.policy_from_params({"clahe.clip": 2.0})
+    with pytest.raises(UserError, match="a probability"):
+        search_augment.policy_from_params({"flip.p": 1.5})
+    with pytest.raises(UserError, match="unknown parameter 'strength' of flip"):
+        search_augment.policy_from_params({"flip.strength": 1.0})
+    with pytest.raises(UserError, match="solarize.on must be True or False"):
+        search_augment.policy_from_params({"solarize.on": "yes"})
+    rng = np.random.default_rng(0)
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for _ in range(20):
+        params = sample_params(rng)
+        policy = search_augment.policy_from_params(params)
+        on = [name for name in search_augment.SEARCH_SPACE if params.get(f"{name}.on", True)]
+        assert sorted(aug.op_names(policy)) == sorted(on)
+        assert aug.policy_from_json(aug.policy_to_json(policy)) == policy
+        assert aug.build_transform(policy, 32)(image=image)["image"].shape == (3, 32, 32)

@@ -1,0 +1,124 @@
+"""The process's runtime: device, precision (autocast and the fp16 loss scaler), torchrun's process group, uint8 ->
+normalised batches on the device, seeding and RNG state for exact resume, and what a results row says of the
+machine (hardware, git commit)."""
+import os
+import random
+import subprocess
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from cli import UserError
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    precision: str          # fp32 | fp16 | bf16
+    rank: int = 0
+    world_size: int = 1
+    channels_last: bool = False
+    normalize: tuple = None  # (mean, std) in [0, 1] units: what to_device applies to uint8 image batches
+
+    def __post_init__(self):
+        # Loss scaling only for fp16: bf16 has fp32's exponent range.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        if self.normalize is not None:  # as albumentations' Normalize(max_pixel_value=255): (x - 255·mean) / (255·std)
+            mean, std = (torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1) * 255 for v in self.normalize)
+            self._shift, self._scale = mean.float().to(self.device), (1 / std).float().to(self.device)
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+
+    def to_device(self, images):
+        """Move a batch (or a list of view batches) to the device, in channels_last when enabled.
+
+        The loaders deliver uint8 images: they become normalised float32 here, on the device, so the workers skip
+        the per-image float work and the batch is 4x fewer bytes through shared memory, pinning and the copy.
+        Float batches (a transform that normalised already) are moved as they are.
+        """
+        if isinstance(images, (list, tuple)):
+            return [self.to_device(x) for x in images]
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        images = images.to(self.device, non_blocking=True, memory_format=fmt)
+        if images.dtype != torch.uint8:
+            return images
+        if self.normalize is None:
+            raise ValueError("a uint8 image batch needs Runtime.normalize = (mean, std)")
+        return images.float().sub_(self._shift).mul_(self._scale)
+
+
+def setup_runtime(precision="auto", seed=0, channels_last=True, normalize=None):
+    """Device and precision for this process; joins the torchrun process group when launched by torchrun.
+    normalize: the dataset's (mean, std), applied on the device to the loaders' uint8 batches."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    if precision == "auto":
+        precision = "fp32" if device.type == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    elif precision != "fp32" and device.type == "cpu":
+        raise UserError(f"--precision {precision} needs a CUDA GPU; on CPU use fp32 (or auto)")
+    seed_everything(seed + rank)
+    return Runtime(device, precision, rank, world_size, channels_last and device.type == "cuda", normalize)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def peak_gpu_memory_gb(rt):
+    return torch.cuda.max_memory_allocated(rt.device) / 2**30 if rt.device.type == "cuda" else None
+
+
+def hardware_name(rt):
+    if rt.device.type == "cuda":
+        return f"{rt.world_size}x {torch.cuda.get_device_name(rt.device)}"
+    return f"CPU ({os.cpu_count()} cores)" + (f" x{rt.world_size} processes" if rt.distributed else "")
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
