@@ -39,7 +39,7 @@ assert torch.equal(interleave_shards(shard), torch.arange(n).float())
 
 # MoCo under DDP: after one step the queue holds the keys of both processes, in rank order.
 torch.manual_seed(0)
-model = MoCo(default_options(MoCo, moco_dim=8, moco_k=16, bn_splits=1), 10, True, 1)
+model = MoCo(default_options(MoCo, moco_dim=8, moco_k=16, bn_splits=1, width=0.25), 10, True, 1)
 ddp = torch.nn.parallel.DistributedDataParallel(model)
 model.eval()  # running-stat BN: a key depends on its image only, so it can be recomputed here
 torch.manual_seed(10 + rank)
@@ -74,7 +74,7 @@ from methods import BYOL, SimSiam, SwAV  # noqa: E402
 narrow = {BYOL: dict(proj_hidden=32, proj_dim=16, pred_hidden=32), SimSiam: dict(proj_dim=16, pred_hidden=8),
           SwAV: dict(proj_hidden=32, proj_dim=16, prototypes=12, queue_length=0)}
 for method, overrides in narrow.items():
-    options = default_options(method, bn_splits=1, **overrides)
+    options = default_options(method, bn_splits=1, width=0.25, **overrides)
     torch.manual_seed(0)
     model = method(options, 10, True, 1).eval()
     torch.manual_seed(0)

@@ -17,10 +17,10 @@ def torchrun(script, *args, cwd):
 
 
 @pytest.mark.parametrize("script,args", [
-    ("moco_augmented.py", ["--dataset", "synthetic", "--subset", "64", "--batch-size", "32", "--moco-k", "64",
+    ("moco_augmented.py", ["--width", "0.25", "--dataset", "synthetic", "--subset", "64", "--batch-size", "32", "--moco-k", "64",
                            "--workers", "0", "--epochs", "1", "--linear-epochs", "1", "--mochi", "8", "4", "2",
                            "--debias", "0.1"]),
-    ("simclr_main.py", ["-dataset", "synthetic", "-subset", "64", "-batch_size", "32", "-workers", "0", "-epoch", "1",
+    ("simclr_main.py", ["-width", "0.25", "-dataset", "synthetic", "-subset", "64", "-batch_size", "32", "-workers", "0", "-epoch", "1",
                         "-finetune_epochs", "1"]),
 ])
 def test_two_processes_write_one_row_with_world_size_2(tmp_path, script, args):
@@ -47,8 +47,8 @@ def test_ddp_equivalences(tmp_path):
 def test_swav_with_multicrop_and_a_queue_runs_under_torchrun(tmp_path):
     """pretrain.py --method swav with 2 processes: distributed Sinkhorn, the shared queue (full at the second step),
     prototypes frozen for the first step, two local crops; one row with world size 2."""
-    out = torchrun("pretrain.py", "--method", "swav", "--dataset", "synthetic", "--subset", "64", "--batch-size", "32",
-                   "--workers", "0", "--epochs", "1", "--linear-epochs", "1", "--prototypes", "30", "--local-crops", "2",
+    out = torchrun("pretrain.py", "--method", "swav", "--width", "0.25", "--dataset", "synthetic", "--subset", "64",
+                   "--batch-size", "32", "--workers", "0", "--epochs", "1", "--linear-epochs", "1", "--prototypes", "30", "--local-crops", "2",
                    "--queue-length", "32", "--queue-start", "0", "--freeze-prototypes-steps", "1",
                    "--results", str(tmp_path / "r.xlsx"), "--results-dir", str(tmp_path / "run"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -93,9 +93,10 @@ def test_logged_lr_is_the_lr_of_each_epochs_last_step(tmp_path):
 
 
 def test_supervised_baseline_beats_chance_by_a_wide_margin(tmp_path):
-    """Learning check with fixed seeds: 2 epochs on synthetic (10 classes, chance 10%)."""
-    simclr_main.main(["-dataset", "synthetic", "-contrastive", "False", "-epoch", "2", "-batch_size", "32", "-lr",
-                      "1e-3", "-workers", "0", "-knn_every", "0", "-results", str(tmp_path / "r.xlsx"),
+    """The door's supervised mode learns and records its classifier's top-1: 3 epochs of a --width 0.25 ResNet-18 on
+    synthetic (10 classes, chance 10%) reach 48.2 / 49.6 / 45.6 on seeds 0 / 1 / 2 (2-core AMD EPYC, 2026-12-02)."""
+    simclr_main.main(["-dataset", "synthetic", "-contrastive", "False", "-epoch", "3", "-batch_size", "32", "-lr",
+                      "3e-3", "-width", "0.25", "-workers", "0", "-knn_every", "0", "-results", str(tmp_path / "r.xlsx"),
                       "-results_dir", str(tmp_path / "run")])
     (row,) = sheet_rows(tmp_path / "r.xlsx")
     assert row["supervised_top1"] > 20, row["supervised_top1"]
