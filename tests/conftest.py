@@ -3,8 +3,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one torch thread per worker (and per process it starts);
-    os.environ["OMP_NUM_THREADS"] = "1"  # OpenMP threads of two workers spin-waiting for one core slow both ~5x
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one torch thread per worker (and per process it starts),
+    os.environ["OMP_NUM_THREADS"] = "1"  # and idle OpenMP threads sleep: threads of two workers spin-waiting for one
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # core slow both ~5x (the learning checks pin 2 threads of their own)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pickle  # noqa: E402

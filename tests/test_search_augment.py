@@ -138,12 +138,12 @@ def test_a_killed_search_resumes_and_its_killed_trial_is_failed_then_retried(tmp
 
 
 def test_an_interrupted_trial_is_failed_in_the_sheet_retried_once_and_not_counted(tmp_path):
-    argv = search_argv(tmp_path, 2)
+    argv = search_argv(tmp_path, 2, "--epochs", "4")  # long enough a trial to be inside it when Ctrl-C comes
     process = start_search(argv, tmp_path, "interrupted.log")
-    first_run = tmp_path / "out" / "runs" / "trial-0000"  # made inside the trial's training run
+    first_epoch = tmp_path / "out" / "runs" / "trial-0000" / "log.csv"  # written after the trial's first epoch
     deadline = time.time() + 240
-    while not first_run.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    while not first_epoch.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
     process.send_signal(signal.SIGINT)  # Ctrl-C in the user's terminal
     assert process.wait(timeout=120) == 130, (tmp_path / "interrupted.log").read_text()[-2000:]
     assert states(tmp_path) == ["FAIL", "WAITING"]  # it used to be FAIL alone, never retried, counted as done
