@@ -1,6 +1,6 @@
 """Augmentation search (Optuna) and grids over augmentation specs, on short proxy runs of the one run path.
 
-    # search: TPE over the ops of augmentations.SEARCH_SPACE, pruned on the per-epoch validation kNN
+    # search: TPE over the ops of SEARCH_SPACE, pruned on the per-epoch validation kNN
     python search_augment.py --method moco --dataset synthetic --subset 256 --epochs 2 --trials 4 \
         --storage sqlite:///search.db --study demo --out search-demo --results results.xlsx
     # grid: every spec with N seeds, mean ± std, plus the random-init and raw-pixel baselines
