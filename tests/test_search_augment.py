@@ -39,8 +39,11 @@ def start_search(argv, tmp_path, log):
     """search_augment.py as its own process, as a user starts it (a second terminal, a second machine)."""
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
     script = Path(search_augment.__file__)
+    # Ctrl-C as in a terminal: a suite started in the background (`cmd &` without job control) ignores SIGINT, and
+    # a process inherits an ignored signal
     return subprocess.Popen([sys.executable, "-u", str(script), *argv], cwd=tmp_path, env=env,
-                            stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT)
+                            stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_tiny_search_end_to_end_writes_best_policy_plots_and_search_sheet(tmp_path, capsys, recwarn):
