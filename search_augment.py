@@ -234,19 +234,42 @@ def suggest_params(trial):
 
 
 def search(method, options):
+    """Trials until the study has --trials (over every process), then the best policy against the base."""
     import optuna
 
-    out = options.out
-    (out / "trials").mkdir(parents=True, exist_ok=True)
+    (options.out / "trials").mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is printed here, in one line
     study = open_study(options)
-    size = check_crop_size(dataset_info(options.dataset), options.crop_size)
     scored = "validation" if options.val_size else "test"
     if not options.val_size:
         print("warning: --val-size 0 scores every trial on the test set, so the search optimises on it and its best "
               "score is biased upward; hold out a validation split (--val-size 250) to keep the test set for the end")
 
+    def stop_when_done(study, trial):
+        if counted_trials(study) >= options.trials:
+            study.stop()
+
+    done = counted_trials(study)
+    if done >= options.trials:  # optimize would still start one more trial before the callback stops it
+        print(f"study {options.study} has finished {done} of --trials {options.trials}: nothing to run (raise --trials "
+              f"to search further; best policy in {options.out / 'best.json'})")
+        return study
     cannot_run = []
+    study.optimize(trial_objective(method, options, scored, cannot_run), n_trials=options.trials - done,
+                   callbacks=[stop_when_done])
+    if cannot_run:
+        raise UserError(f"the proxy run cannot start: {cannot_run[0]}")
+    print(study_cost(study, options.epochs))
+    report_best(method, options, study, scored)
+    return study
+
+
+def trial_objective(method, options, scored, cannot_run):
+    """Optuna's objective: one proxy run of a suggested policy, recorded in the search sheet as COMPLETE, PRUNED or
+    FAIL. A proxy that cannot run at all is appended to cannot_run and stops the study."""
+    import optuna
+
+    out, size = options.out, check_crop_size(dataset_info(options.dataset), options.crop_size)
 
     def objective(trial):
         policy = policy_from_params(suggest_params(trial), base=options.base, size=size)
@@ -291,23 +314,18 @@ def search(method, options):
         print(f"trial {trial.number}: {scored} kNN top-1 {score:.2f}")
         return score
 
-    def stop_when_done(study, trial):
-        if counted_trials(study) >= options.trials:
-            study.stop()
+    return objective
 
-    done = counted_trials(study)
-    if done >= options.trials:  # optimize would still start one more trial before the callback stops it
-        print(f"study {options.study} has finished {done} of --trials {options.trials}: nothing to run (raise --trials "
-              f"to search further; best policy in {out / 'best.json'})")
-        return study
-    study.optimize(objective, n_trials=options.trials - done, callbacks=[stop_when_done])
-    if cannot_run:
-        raise UserError(f"the proxy run cannot start: {cannot_run[0]}")
+
+def report_best(method, options, study, scored):
+    """best.json, the base policy on the same proxy (once per study), the plots, and both re-checked on the test set."""
+    import optuna
+
+    out = options.out
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    print(study_cost(study, options.epochs))
     if not completed:
         print(f"study {options.study}: no completed trial yet ({len(study.trials)} pruned or failed)")
-        return study
+        return
     best = study.best_trial
     (out / "best.json").write_text(best.user_attrs["policy"])
     tag = f"{len(study.trials):04d}-{os.getpid()}"  # a rerun or a second process writes its own run dirs
@@ -325,7 +343,6 @@ def search(method, options):
     print(f"proxy ({scored} kNN top-1): best {best.value:.2f} vs base '{options.base}' {base_score:.2f}, ratio "
           f"{best.value / max(base_score, 1e-9):.3f} | test re-check: best {test['best-test']:.2f} vs base "
           f"{test['base-test']:.2f} | {len(completed)} completed of {len(study.trials)} trials")
-    return study
 
 
 def counted_trials(study):
