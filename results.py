@@ -354,16 +354,21 @@ def _load_or_start(path):
 
 def _new_table(workbook, name, columns, orientation="landscape"):
     """A sheet with a bold, frozen header row and a width for every column, printed with the header on every page."""
-    index = _sheet_position(workbook, name)
-    if name in workbook.sheetnames:
-        workbook.remove(workbook[name])
-    sheet = workbook.create_sheet(name, index)
+    sheet = _replace_sheet(workbook, name)
     for column, title in enumerate(columns, start=1):
         _add_header_cell(sheet, column, title)
     sheet.freeze_panes = "B2"
     _set_print_layout(sheet, orientation=orientation)
     sheet.print_title_rows = "1:1"
     return sheet
+
+
+def _replace_sheet(workbook, name):
+    """A new, empty sheet `name` in its SHEET_ORDER place, instead of any sheet of that name."""
+    index = _sheet_position(workbook, name)
+    if name in workbook.sheetnames:
+        workbook.remove(workbook[name])
+    return workbook.create_sheet(name, index)
 
 
 def _sheet_position(workbook, name):
@@ -459,7 +464,7 @@ def _rebuild_summary(workbook):
     dataset, method, backbone, crop size, aug and epochs); hardware does not split them."""
     groups = {}
     for record in _records(workbook["runs"]):
-        groups.setdefault(tuple(record.get(key) for key in SUMMARY_KEYS), []).append(record)
+        groups.setdefault(_setting(record), []).append(record)
     stats = [f"{metric}_{stat}" for metric in SUMMARY_METRICS for stat in ("mean", "std", "n")]
     sheet = _new_table(workbook, "summary", [*SUMMARY_KEYS, "runs", "seeds", *stats])
     for key in sorted(groups, key=lambda key: [_sort_key(value) for value in key]):
@@ -475,6 +480,11 @@ def _rebuild_summary(workbook):
         _append_by_header(sheet, dict(zip(_header(sheet), row)))
         sheet.cell(sheet.max_row, len(SUMMARY_KEYS) + 2).alignment = Alignment(horizontal="right")  # seeds, as numbers
     sheet.print_title_cols = f"A:{get_column_letter(len(SUMMARY_KEYS))}"  # a group's name on every page
+
+
+def _setting(record):
+    """The setting a run belongs to (SUMMARY_KEYS' values): its seeds share it, the summary and the chart group by it."""
+    return tuple(record.get(key) for key in SUMMARY_KEYS)
 
 
 def _sort_key(value):
@@ -511,7 +521,7 @@ def _setting_curves(workbook):
     settings = {}  # key -> {run_id: readings}, in the order of each setting's newest run
     for run_id, record in runs.items():
         if run_id in readings:
-            key = tuple(record.get(name) for name in SUMMARY_KEYS)
+            key = _setting(record)
             settings.setdefault(key, {})[run_id] = readings[run_id]
             settings[key] = settings.pop(key)  # moved last: its newest run is the newest so far
     curves = []
@@ -535,13 +545,10 @@ def _rebuild_chart(workbook):
     """kNN top-1 by epoch: one line per setting of the summary (the mean over its runs, its seeds, at each monitored
     epoch) for the CHART_MAX_SETTINGS settings with the newest runs, and the seed study's two curves. The lines' data
     sit on the chart's sheet, right of the printed chart."""
-    index = _sheet_position(workbook, "chart")
-    if "chart" in workbook.sheetnames:
-        workbook.remove(workbook["chart"])
     # A worksheet holding the chart, not a chartsheet: openpyxl anchors a chartsheet's chart with size 0 x 0, which
     # LibreOffice draws as nothing, and numbers the print titles and areas of the sheets after a chartsheet wrongly
     # (its localSheetId counts worksheets only), so they would land on the wrong sheets.
-    sheet = workbook.create_sheet("chart", index)
+    sheet = _replace_sheet(workbook, "chart")
     sheet.sheet_view.showGridLines = False
     # A scatter chart with lines: settings of different lengths each keep their own epoch axis.
     chart = ScatterChart(scatterStyle="lineMarker")

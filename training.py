@@ -154,7 +154,6 @@ class Run:
     method: type
     opts: argparse.Namespace
     rt: Runtime
-    info: object  # datasets.DatasetInfo
     splits: object  # datasets.Splits
     crop_size: int
     policy: list
@@ -175,6 +174,10 @@ class Run:
     start_epoch: int = 0  # epochs done before this start (a resume)
     linear: tuple = (None, None)
     supervised: tuple = (None, None)
+
+    @property
+    def info(self):
+        return self.splits.info
 
     def knn(self):
         memory_loader, test_loader = self.loaders[1:]
@@ -245,7 +248,7 @@ def prepare(method, opts, state=None, started=None, quiet=True):
               f"{views} views) | {optimizer_name} lr {lr or 0:.4g} | {rt.device} {rt.precision} x{rt.world_size} | "
               f"run dir {run_dir}")
         print(describe_policy(policy))
-    return Run(method, opts, rt, splits.info, splits, crop_size, policy, views, batch, pretrain, scored, loaders,
+    return Run(method, opts, rt, splits, crop_size, policy, views, batch, pretrain, scored, loaders,
                model, train_model, optimizer, optimizer_name, lr, method.lr_schedule(opts, lr, warmup), run_dir,
                EpochLog(run_dir, history, enabled=rt.is_main), started or time.time(), start_epoch)
 
