@@ -3,6 +3,7 @@
     python bench.py --aug      # augmentation images/s on one core: this repo (Albumentations) vs torchvision v2
     python bench.py --loader   # views/s of the two-view training loader for 0, 1, ... workers
     python bench.py --step     # MoCo / SimCLR training-step images/s: fp32 vs mixed precision, channels_last
+    python bench.py --widths   # MoCo training-step images/s by backbone width (--width) at 28 and 32 px: CPU-sized nets
     python bench.py --epoch    # one epoch of the default MoCo recipe (real loader + kNN monitor); 200-epoch projection
     python bench.py --knn      # seconds and peak memory of the kNN monitor, 50,000-image bank x 10,000 queries
     python bench.py --all      # every mode (aug last, so its headline is the last line)
@@ -35,6 +36,7 @@ from datasets import dataset_info, load_splits, synthetic_images
 from evaluation import knn_predict, knn_top1
 from loading import TransformDataset, make_train_loader, usable_cores
 from methods import MoCo, SimCLR
+from models import stage_channels
 from run_options import default_options
 from runtime import Runtime, setup_runtime
 from training import build_loaders, build_model, train_epoch
@@ -202,10 +204,10 @@ def simclr_default(rt, compiled=False):
     return method_step(rt, SimCLR, SIMCLR, compiled)
 
 
-def steps_per_second(rt, model, net, optimizer, batch, warmup, steps):
+def steps_per_second(rt, model, net, optimizer, batch, warmup, steps, size=32):
     """training.train_epoch (the scripts' own step, normalisation on the device included) over one pinned two-view
-    uint8 batch repeated."""
-    views = [torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8) for _ in range(2)]
+    uint8 batch of size x size images repeated."""
+    views = [torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8) for _ in range(2)]
     views = [v.pin_memory() for v in views] if rt.device.type == "cuda" else views  # as the loader's pin_memory
     batches = [(views, torch.zeros(batch, dtype=torch.long))]
     keep_lr = lambda t: optimizer.param_groups[0]["lr"]
@@ -254,6 +256,26 @@ def bench_step(args, device):
     return moco_best
 
 
+def bench_widths(args, device):
+    """The default MoCo recipe (SplitBatchNorm 8, K 4096) at each backbone width and crop size, in the scripts'
+    precision on this device: what a CPU can train in minutes."""
+    info = dataset_info("synthetic")
+    cuda = device.type == "cuda"
+    precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    table(f"MoCo training step by backbone width (ResNet-18 CIFAR stem, SplitBatchNorm {DEMO.bn_splits}, batch "
+          f"{args.batch_size} x 2 views, {precision}, {args.warmup} warm-up + {args.steps} timed steps)", device,
+          "width", "stage channels", "backbone parameters", "crop px", "images/s", "ms/step")
+    for width, size in itertools.product(args.width, args.sizes):
+        rt = setup_runtime(precision, 0, cuda, normalize=(info.mean, info.std))
+        options = default_options(MoCo, width=width)
+        model, optimizer, net = method_step(rt, MoCo, options, bn_splits=DEMO.bn_splits)
+        rate = steps_per_second(rt, model, net, optimizer, args.batch_size, args.warmup, args.steps, size)
+        parameters = sum(p.numel() for p in model.backbone.parameters())
+        row(f"{width:g}", "-".join(map(str, stage_channels(width))), f"{parameters / 1e6:.2f} M", size,
+            f"{rate * args.batch_size:,.0f}", f"{1000 / rate:.0f}")
+        del model, optimizer, net
+
+
 def bench_epoch(args, device):
     d = DEMO
     n, batch = args.epoch_images, args.batch_size
@@ -298,7 +320,7 @@ def bench_knn(args, device):
     row(f"{bank_size:,}", f"{queries:,}", f"{seconds:.3f}", peak_memory(device))
 
 
-MODES = {"loader": bench_loader, "step": bench_step, "epoch": bench_epoch, "knn": bench_knn, "aug": bench_aug}
+MODES = {"loader": bench_loader, "step": bench_step, "widths": bench_widths, "epoch": bench_epoch, "knn": bench_knn, "aug": bench_aug}
 
 
 def parse_args(argv, cuda):
@@ -312,6 +334,8 @@ def parse_args(argv, cuda):
     p.add_argument("--loader-size", type=int, default=32, help="loader: image side in pixels (32; STL-10 is 96)")
     p.add_argument("--batch-size", type=int, help="step, epoch: batch (512 on GPU, 64 on CPU)")
     p.add_argument("--steps", type=int, help="step: timed steps (20 on GPU, 3 on CPU)")
+    p.add_argument("--width", type=float, nargs="+", help="widths: backbone widths (1 0.5 0.25)")
+    p.add_argument("--sizes", type=int, nargs="+", help="widths: crop sizes in px (28 32)")
     p.add_argument("--compile", action="store_true",
                    help="step: also time torch.compile at the scripts' default setting (compiling takes minutes)")
     p.add_argument("--epoch-images", type=int, help="epoch: synthetic images (50,000 on GPU, 4 batches on CPU)")
@@ -331,7 +355,10 @@ def parse_args(argv, cuda):
     args.warmup = 0 if quick else 1 if cpu else 5
     args.epoch_images = args.epoch_images or (args.batch_size if quick else 4 * args.batch_size if cpu else 50_000)
     args.knn_size = args.knn_size or ([2_000, 500] if quick else [50_000, 10_000])
-    if min([args.seconds, args.loader_images, args.loader_size, args.batch_size, args.steps, args.epoch_images, *args.knn_size]) <= 0:
+    args.width = args.width or ([0.25] if quick else [1.0, 0.5, 0.25])
+    args.sizes = args.sizes or ([16] if quick else [28, 32])
+    if min([args.seconds, args.loader_images, args.loader_size, args.batch_size, args.steps, args.epoch_images,
+            *args.knn_size, *args.width, *args.sizes]) <= 0:
         p.error("sizes, counts and seconds must be positive")
     if min(args.workers) < 0 or args.epoch_images < args.batch_size or args.loader_images < args.loader_batch:
         p.error("worker counts must be >= 0, and --epoch-images / --loader-images at least one batch")

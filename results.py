@@ -25,6 +25,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.properties import PageSetupProperties
 
 from cli import UserError
+from stats import paired_difference
 
 RUN_COLUMNS = [
     "run_id", "time", "study", "script", "method", "dataset", "arch", "head", "debias", "mochi", "aug", "policy", "crops",
@@ -40,6 +41,9 @@ REFERENCE_COLUMNS = ["source", "method", "dataset", "config", "epochs", "metric"
 JSON_COLUMNS = ["policy", "method_options", "args"]  # long texts: a one-line preview in `runs`, in full in `args`
 SUMMARY_KEYS = ["study", "dataset", "method", "arch", "crop_size", "aug", "epochs"]  # seeds of one setting
 SUMMARY_METRICS = ["knn_top1_final", "knn_top1_best", "linear_top1"]
+# each setting's kNN top-1 final against the reference aug of its comparison (the same setting but for the aug; the
+# reference is the aug that ran first, as search_augment's --grid runs its --reference first), seed by seed
+PAIRED_COLUMNS = ["vs_aug", "pairs", "knn_final_diff", "knn_final_diff_low", "knn_final_diff_high", "ci_excludes_0"]
 SHEET_ORDER = ["summary", "chart", "runs", "curves", "args", "search", "reference"]  # printed in this order
 
 ACCURACY = "0.00"
@@ -49,6 +53,7 @@ COLUMN_FORMATS = {
     "wall_time_s": "#,##0.0", "seconds": "#,##0.0", "epoch_s": "0.00", "images_per_s": "#,##0",
     "peak_gpu_mem_gb": "0.00", "loss": "0.0000",
     **{f"{metric}_{stat}": ACCURACY for metric in SUMMARY_METRICS for stat in ("mean", "std")},
+    **dict.fromkeys(["knn_final_diff", "knn_final_diff_low", "knn_final_diff_high"], "+0.00;-0.00;0.00"),
 }
 CONTENT_WIDTHS = {  # characters the usual values need; a column is at least as wide as its bold header
     "time": 20, "script": 19, "method": 11, "dataset": 13, "arch": 14, "head": 14, "mochi": 12, "aug": 26,
@@ -462,11 +467,12 @@ def _next_run_id(runs):
 def _rebuild_summary(workbook):
     """Mean ± sample std over the runs (seeds) of each setting (SUMMARY_KEYS: a study, or rows without one, split by
     dataset, method, backbone, crop size, aug and epochs); hardware does not split them."""
-    groups = {}
+    groups, references = {}, {}
     for record in _records(workbook["runs"]):
         groups.setdefault(_setting(record), []).append(record)
+        references.setdefault(_comparison(_setting(record)), _setting(record))  # the first run's aug
     stats = [f"{metric}_{stat}" for metric in SUMMARY_METRICS for stat in ("mean", "std", "n")]
-    sheet = _new_table(workbook, "summary", [*SUMMARY_KEYS, "runs", "seeds", *stats])
+    sheet = _new_table(workbook, "summary", [*SUMMARY_KEYS, "runs", "seeds", *stats, *PAIRED_COLUMNS])
     for key in sorted(groups, key=lambda key: [_sort_key(value) for value in key]):
         records = groups[key]
         seeds = sorted({r.get("seed") for r in records if r.get("seed") is not None}, key=_sort_key)
@@ -477,6 +483,12 @@ def _rebuild_summary(workbook):
             # stored rounded as grid.md and README print them (f"{x:.2f}"): the app's own rounding of 35.535 says 35.54
             row += [_rounded(statistics.fmean(values)) if values else None,
                     _rounded(statistics.stdev(values)) if len(values) > 1 else None, len(values)]
+        reference = references[_comparison(key)]
+        paired = None if reference == key else paired_difference(_by_seed(records), _by_seed(groups[reference]))
+        if paired is not None:
+            row += [reference[SUMMARY_KEYS.index("aug")], paired.pairs, _rounded(paired.mean),
+                    *(None if v is None else _rounded(v) for v in (paired.low, paired.high)),
+                    ("yes" if paired.excludes_zero else "no") if paired.low is not None else None]
         _append_by_header(sheet, dict(zip(_header(sheet), row)))
         sheet.cell(sheet.max_row, len(SUMMARY_KEYS) + 2).alignment = Alignment(horizontal="right")  # seeds, as numbers
     sheet.print_title_cols = f"A:{get_column_letter(len(SUMMARY_KEYS))}"  # a group's name on every page
@@ -485,6 +497,17 @@ def _rebuild_summary(workbook):
 def _setting(record):
     """The setting a run belongs to (SUMMARY_KEYS' values): its seeds share it, the summary and the chart group by it."""
     return tuple(record.get(key) for key in SUMMARY_KEYS)
+
+
+def _comparison(setting):
+    """The settings compared seed by seed: the same in every summary key but the aug."""
+    return tuple(value for name, value in zip(SUMMARY_KEYS, setting) if name != "aug")
+
+
+def _by_seed(records, metric="knn_top1_final"):
+    """{seed: metric} of the runs that have both (a seed's later run wins)."""
+    return {r.get("seed"): r.get(metric) for r in records
+            if r.get("seed") is not None and isinstance(r.get(metric), (int, float)) and not math.isnan(r.get(metric))}
 
 
 def _sort_key(value):

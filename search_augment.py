@@ -31,6 +31,7 @@ from cli import ArgumentParser, UserError, parse_with_given, run_main
 from datasets import check_crop_size, dataset_info
 from methods import METHODS, RawPixels, get_method
 from results import append_search_trials
+from stats import mean_std, paired_difference
 from run_options import add_run_options
 
 SCRIPT = Path(__file__).name  # recorded in the workbook rows
@@ -51,6 +52,8 @@ def search_parser():
     own.add_argument("--base", default="original", help="the policy the search space is laid over and compared with")
     own.add_argument("--grid", nargs="+", default=None, metavar="SPEC", help="evaluate these specs instead of searching")
     own.add_argument("--seeds", type=int, default=1, help="grid: seeds per spec (0, 1, ...)")
+    own.add_argument("--reference", default=None, metavar="SPEC",
+                     help="grid: the spec every other is compared with, seed by seed (default: the first; it runs first)")
     own.add_argument("--baselines", action="store_true",
                      help="grid: also the network at initialisation and raw pixels, on the same protocol")
     return p
@@ -86,6 +89,13 @@ def parse_args(argv=None):
     options.out = Path(options.out or f"search-{options.study}")
     if options.trials < 1 or options.seeds < 1 or options.heartbeat < 1:
         raise UserError("--trials, --seeds and --heartbeat must be >= 1")
+    if options.grid is not None:
+        options.reference = options.reference or options.grid[0]
+        if options.reference not in options.grid:
+            raise UserError(f"--reference {options.reference} is not one of the --grid specs ({' '.join(options.grid)})")
+        options.grid = [options.reference, *(spec for spec in options.grid if spec != options.reference)]
+    elif options.reference is not None:
+        raise UserError("--reference compares the specs of a --grid")
     return method, options
 
 
@@ -132,26 +142,31 @@ def grid(method, options):
             study=options.study, trial=number, policy=record["policy"], proxy_score=record["knn_top1_final"],
             state="COMPLETE", seconds=round(time.time() - started, 1), method=job_method.name,
             dataset=options.dataset, spec=label, seed=seed)])
-    table = grid_table(done, [*options.grid, *(["random init", "raw pixels"] if options.baselines else [])])
+    table = grid_table(done, [*options.grid, *(["random init", "raw pixels"] if options.baselines else [])],
+                       options.reference)
     (out / "grid.md").write_text(table + "\n")
     print(table)
     plot_grid_curves(done, options.grid, out / "grid_knn.png", options)
     return done
 
 
-def mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return ""
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
-
-
-def grid_table(done, labels):
-    rows = ["| spec | seeds | kNN top-1 final | kNN top-1 best | linear top-1 |", "|---|---|---|---|---|"]
-    for label in labels:
-        runs = [r for r in done.values() if r["label"] == label]
-        rows.append(f"| {label} | {len(runs)} | " + " | ".join(
-            mean_std([r[key] for r in runs]) for key in ("knn_top1_final", "knn_top1_best", "linear_top1")) + " |")
+def grid_table(done, labels, reference):
+    """Mean ± std over seeds, and each spec's paired difference from the reference (95% CI; * where it excludes 0)."""
+    metrics = ("knn_top1_final", "knn_top1_best", "linear_top1")
+    by_label = {label: {r["seed"]: r for r in done.values() if r["label"] == label} for label in labels}
+    rows = [f"| spec | seeds | kNN top-1 final | kNN top-1 best | linear top-1 | kNN final vs {reference} "
+            f"(95% CI) | linear vs {reference} (95% CI) |", "|---|---|---|---|---|---|---|"]
+    for label, runs in by_label.items():
+        cells = [mean_std([r[key] for r in runs.values()]) for key in metrics]
+        for key in ("knn_top1_final", "linear_top1"):
+            paired = None
+            if label != reference:
+                paired = paired_difference({s: r[key] for s, r in runs.items()},
+                                           {s: r[key] for s, r in by_label.get(reference, {}).items()})
+            cells.append(str(paired) if paired else "")
+        rows.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+    rows += ["", f"vs {reference}: the mean over seeds of (spec - {reference}) on the same seed, with its 95% confidence "
+                 "interval (Student t over the seed pairs); * where the interval excludes 0."]
     return "\n".join(rows)
 
 

@@ -60,6 +60,12 @@ def test_step_epoch_and_knn_print_numbers(output):
     assert knn[:2] == ["2,000", "500"] and float(knn[2]) > 0
 
 
+def test_widths_has_a_row_per_width_and_size(output):
+    (narrow,) = rows(output, "MoCo training step by backbone width")
+    assert narrow[:2] == ["0.25", "16-32-64-128"] and narrow[3] == "16"
+    assert re.fullmatch(r"\d\.\d\d M", narrow[2]) and re.fullmatch(NUMBER, narrow[4]) and float(narrow[5]) > 0
+
+
 def test_a_mode_is_required():
     with pytest.raises(UserError, match="choose at least one mode"):
         bench.main([])

@@ -231,6 +231,30 @@ def test_summary_is_stored_as_grid_md_and_readme_print_it(tmp_path):
     assert group["knn_top1_final_std"] == float(f"{math.sqrt(2 * (35.54 - mean) ** 2):.2f}")
 
 
+def test_summary_pairs_each_aug_with_the_first_by_seed(tmp_path):
+    """Within a comparison (the same setting but for the aug), each aug's kNN top-1 final minus the first-run aug's,
+    seed by seed, with its Student-t 95% interval: t(0.975, 2) = 4.302653 from a t-table."""
+    path = tmp_path / "results.xlsx"
+    scores = {"original": [68.0, 69.0, 70.5], "ours": [70.0, 72.5, 71.0], "ours-clahe": [72.0, 71.5, 73.5]}
+    for aug, finals in scores.items():
+        for seed, final in enumerate(finals):
+            results.append_run(path, make_run(aug=aug, seed=seed, knn_top1_final=final), [])
+    results.append_run(path, make_run(aug="ours", seed=0, epochs=200, knn_top1_final=90.0), [])  # another comparison
+    summary = {(r["aug"], r["epochs"]): r for r in records(openpyxl.load_workbook(path)["summary"])}
+    assert all(summary[key]["vs_aug"] is None for key in [("original", 3), ("ours", 200)])  # the references
+
+    def interval(differences):
+        mean = sum(differences) / 3
+        half = 4.302653 * math.sqrt(sum((d - mean) ** 2 for d in differences) / 2) / math.sqrt(3)
+        return round(mean, 2), round(mean - half, 2), round(mean + half, 2)
+
+    ours, clahe = summary[("ours", 3)], summary[("ours-clahe", 3)]
+    assert (ours["vs_aug"], ours["pairs"], ours["ci_excludes_0"]) == ("original", 3, "no")
+    assert (ours["knn_final_diff"], ours["knn_final_diff_low"], ours["knn_final_diff_high"]) == interval([2.0, 3.5, 0.5])
+    assert (clahe["knn_final_diff"], clahe["knn_final_diff_low"], clahe["knn_final_diff_high"]) == interval([4.0, 2.5, 3.0])
+    assert clahe["ci_excludes_0"] == "yes"
+
+
 def test_summary_never_mixes_two_studies_or_backbones(tmp_path):
     """Two studies with the same dataset, method, aug and epochs (and the v1 rows without a study) stay apart, and so do
     two backbone widths or crop sizes within one study."""

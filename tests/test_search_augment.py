@@ -1,6 +1,7 @@
 """search_augment.py: a tiny Optuna search and grid on synthetic, end to end, through the real SQLite storage."""
 import json
 import os
+import re
 from datetime import datetime, timedelta
 import signal
 import subprocess
@@ -89,6 +90,9 @@ def test_grid_gives_one_row_per_spec_and_seed_and_skips_finished_ones(tmp_path, 
     assert sorted((r["spec"], r["seed"]) for r in rows) == [("original", 0), ("original", 1), ("ours", 0), ("ours", 1)]
     table = (tmp_path / "grid" / "grid.md").read_text()
     assert "| original | 2 |" in table and "±" in table and (tmp_path / "grid" / "grid_knn.png").exists()
+    assert "| kNN final vs original (95% CI) |" in table.splitlines()[0]
+    ours = next(line for line in table.splitlines() if line.startswith("| ours |"))
+    assert re.search(r"\| [+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]( \*)? \|", ours)  # 2 seed pairs
     search_augment.main(argv)  # the same command again: nothing reruns
     assert len(sheet_rows(tmp_path / "r.xlsx", "search")) == 4 and "skipped" in capsys.readouterr().out
 
@@ -102,6 +106,16 @@ def test_bad_options_are_one_line(tmp_path, capsys):
     grid = [*TINY, "--grid", "original", "nosuch", "--out", str(tmp_path / "grid"), "--results", str(tmp_path / "r.xlsx")]
     assert "nosuch" in error_of(grid, capsys, search_augment.main)
     assert not (tmp_path / "r.xlsx").exists() and not (tmp_path / "grid").exists()
+    line = error_of([*TINY, "--grid", "original", "ours", "--reference", "ours-clahe"], capsys, search_augment.main)
+    assert "--reference ours-clahe is not one of the --grid specs" in line
+    assert "--reference compares" in error_of([*search_argv(tmp_path, 1), "--reference", "ours"], capsys,
+                                              search_augment.main)
+
+
+def test_the_reference_spec_runs_first():
+    options = search_augment.parse_args([*TINY, "--grid", "original", "ours", "ours-clahe", "--reference", "ours"])[1]
+    assert options.grid == ["ours", "original", "ours-clahe"] and options.reference == "ours"
+    assert search_augment.parse_args([*TINY, "--grid", "ours-clahe", "ours"])[1].reference == "ours-clahe"
 
 
 def test_a_proxy_that_cannot_run_stops_the_search_with_one_line_after_one_failed_trial(tmp_path, capsys):
