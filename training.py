@@ -248,9 +248,11 @@ def prepare(method, opts, state=None, started=None, quiet=True):
               f"{views} views) | {optimizer_name} lr {lr or 0:.4g} | {rt.device} {rt.precision} x{rt.world_size} | "
               f"run dir {run_dir}")
         print(describe_policy(policy))
-    return Run(method, opts, rt, splits, crop_size, policy, views, batch, pretrain, scored, loaders,
-               model, train_model, optimizer, optimizer_name, lr, method.lr_schedule(opts, lr, warmup), run_dir,
-               EpochLog(run_dir, history, enabled=rt.is_main), started or time.time(), start_epoch)
+    return Run(method=method, opts=opts, rt=rt, splits=splits, crop_size=crop_size, policy=policy, views=views,
+               batch=batch, pretrain=pretrain, scored=scored, loaders=loaders, model=model, train_model=train_model,
+               optimizer=optimizer, optimizer_name=optimizer_name, lr=lr, lr_fn=method.lr_schedule(opts, lr, warmup),
+               run_dir=run_dir, log=EpochLog(run_dir, history, enabled=rt.is_main), started=started or time.time(),
+               start_epoch=start_epoch)
 
 
 def check_batch(rt, opts):
