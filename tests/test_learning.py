@@ -9,8 +9,10 @@ invariance finds the shapes. --epochs 0 with the same seed evaluates the same in
 short-run lr and narrower heads for the small backbone; the margin comes from the method, not from the evaluation.
 
 MARGINS holds the margins (trained - init, kNN top-1 points) measured on seeds 0, 1, 2 with `python
-tests/test_learning.py` on the 2-core AMD EPYC development container (torch 2.14.1, 2026-12-02). Every method clears 5
-points on every seed; the lowest of them, per method, is in each entry's comment (overall lowest: BYOL 5.0 on seed 0).
+tests/test_learning.py` on the 2-core AMD EPYC development container (torch 2.14.1, 2026-12-02), SimSiam's on a
+2-core Intel Xeon container (2026-12-06), where its earlier setting fell to +4.0 on seed 0 and failed CI. Every
+method clears 5 points on every seed; the lowest of them, per method, is in each entry's comment (overall lowest:
+BYOL 5.0 on seed 0).
 The tests run seed 0, except BYOL's, which runs seed 1: its seed-0 margin sits exactly on the bar, where another
 machine's last-digit differences would decide the check rather than the method.
 
@@ -37,7 +39,7 @@ LEARNING = {
     "simclr": dict(epochs=4, lr=3e-3),  # Adam, 10x the seed's 3e-4
     "supervised": dict(epochs=2, aug="supervised", lr=3e-3),
     "byol": dict(epochs=4, proj_hidden=512, pred_hidden=512),  # LARS at the recipe's lr, 1.0 x 64/256
-    "simsiam": dict(epochs=4, proj_dim=512, pred_hidden=128, lr=0.3),
+    "simsiam": dict(epochs=6, proj_dim=512, pred_hidden=128, lr=0.5),
     "swav": dict(epochs=4, proj_hidden=512, prototypes=100, freeze_prototypes_steps=0),  # LARS, the recipe's lr
 }
 MARGINS = {  # kNN top-1 points over the network at init, seeds 0, 1, 2 (python tests/test_learning.py)
@@ -49,7 +51,10 @@ MARGINS = {  # kNN top-1 points over the network at init, seeds 0, 1, 2 (python 
     # lr 0.125 5.0 / 10.4 / 9.4; lr 0.6 (the earlier check) 6.0 / 2.8 / 5.2; lr 0.6 with tau-base 0.9 3.6 / 6.4 / 4.8;
     # lr 1.0 with tau-base 0.9 seed 0 -2.6; lr 0.6 at 16 px for 12 epochs seed 0 0.0.
     "byol": [5.0, 13.8, 13.2],  # lowest 5.0
-    "simsiam": [7.0, 8.2, 6.8],  # lowest 6.8
+    # SimSiam, 2026-12-06 on a 2-core Intel Xeon container (AVX-512, AMX): the earlier setting (4 epochs, lr 0.3), whose
+    # margins were 7.0 / 8.2 / 6.8 on the AMD EPYC container, gave 4.0 / 9.0 / 9.2 there and failed CI; tried there:
+    # 6 epochs 5.8 / 7.8 / 9.6; 8 epochs 2.2 / 9.6 / 11.6; 6 epochs at lr 0.5 (kept) 6.4 / 11.0 / 11.8.
+    "simsiam": [6.4, 11.0, 11.8],  # lowest 6.4 (Intel Xeon; not yet measured on the AMD EPYC container)
     "swav": [6.6, 13.2, 9.4],  # lowest 6.6
 }
 
