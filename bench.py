@@ -217,10 +217,15 @@ def steps_per_second(rt, model, net, optimizer, batch, warmup, steps, size=32):
     return steps / timed(rt.device, lambda: train(steps))
 
 
+def mixed_precision(device):
+    """The mixed precision the scripts' --precision auto picks on a CUDA device; None on CPU (fp32)."""
+    return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else None
+
+
 def bench_step(args, device):
     info = dataset_info("synthetic")
     cuda = device.type == "cuda"
-    mixed = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else None
+    mixed = mixed_precision(device)
     default = mixed or "fp32"  # the scripts' precision on this device
     grid = [(precision, channels_last, False) for precision, channels_last
             in itertools.product(["fp32", mixed] if cuda else ["fp32"], [False, True])]
@@ -261,7 +266,7 @@ def bench_widths(args, device):
     precision on this device: what a CPU can train in minutes."""
     info = dataset_info("synthetic")
     cuda = device.type == "cuda"
-    precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    precision = mixed_precision(device) or "fp32"  # the scripts' precision on this device
     table(f"MoCo training step by backbone width (ResNet-18 CIFAR stem, SplitBatchNorm {DEMO.bn_splits}, batch "
           f"{args.batch_size} x 2 views, {precision}, {args.warmup} warm-up + {args.steps} timed steps)", device,
           "width", "stage channels", "backbone parameters", "crop px", "images/s", "ms/step")
@@ -320,7 +325,8 @@ def bench_knn(args, device):
     row(f"{bank_size:,}", f"{queries:,}", f"{seconds:.3f}", peak_memory(device))
 
 
-MODES = {"loader": bench_loader, "step": bench_step, "widths": bench_widths, "epoch": bench_epoch, "knn": bench_knn, "aug": bench_aug}
+MODES = {"loader": bench_loader, "step": bench_step, "widths": bench_widths, "epoch": bench_epoch, "knn": bench_knn,
+         "aug": bench_aug}
 
 
 def parse_args(argv, cuda):
