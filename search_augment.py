@@ -6,6 +6,8 @@
     # grid: every spec with N seeds, mean ± std, plus the random-init and raw-pixel baselines
     python search_augment.py --method moco --dataset synthetic --epochs 2 --grid original ours ours-clahe --seeds 2 \
         --baselines --out grid-demo
+    # the studies in a storage as a web page (optuna-dashboard), while searches run
+    python search_augment.py --dashboard --storage sqlite:///search.db --port 8080
 
 A search scores each trial by kNN top-1 on a validation split carved from the training set (--val-size, seeded and
 stratified), never on the test set; the test set is read once at the end, to re-check the best policy against the
@@ -49,6 +51,10 @@ def search_parser():
                      help="also prune a trial whose validation kNN top-1 falls below SCORE at any epoch")
     own.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
                      help="SQL storages: a trial silent for 3 heartbeats (a killed process) is failed and retried once")
+    own.add_argument("--dashboard", action="store_true",
+                     help="serve the studies in --storage as optuna-dashboard's web page (runs no search)")
+    own.add_argument("--host", default="127.0.0.1", help="--dashboard: address to serve on (0.0.0.0: every one)")
+    own.add_argument("--port", type=int, default=8080, help="--dashboard: port to serve on")
     own.add_argument("--base", default="original", help="the policy the search space is laid over and compared with")
     own.add_argument("--grid", nargs="+", default=None, metavar="SPEC", help="evaluate these specs instead of searching")
     own.add_argument("--seeds", type=int, default=1, help="grid: seeds per spec (0, 1, ...)")
@@ -270,13 +276,32 @@ def search(method, options):
               f"to search further; best policy in {options.out / 'best.json'})")
         return study
     cannot_run = []
-    study.optimize(trial_objective(method, options, scored, cannot_run), n_trials=options.trials - done,
-                   callbacks=[stop_when_done])
-    if cannot_run:
-        raise UserError(f"the proxy run cannot start: {cannot_run[0]}")
-    print(study_cost(study, options.epochs))
-    report_best(method, options, study, scored)
+    try:
+        study.optimize(trial_objective(method, options, scored, cannot_run), n_trials=options.trials - done,
+                       callbacks=[stop_when_done])
+        if cannot_run:
+            raise UserError(f"the proxy run cannot start: {cannot_run[0]}")
+        print(study_cost(study, options.epochs))
+        report_best(method, options, study, scored)
+    except Exception as error:
+        lost = storage_error(error)
+        if lost is None:
+            raise
+        raise UserError(f"lost --storage {shown_url(options.storage)}: {lost.orig}; every finished trial is in the "
+                        f"search sheet of {options.results}; run the same command again once the storage is back: "
+                        f"it resumes the study and retries the interrupted trial once") from error
     return study
+
+
+def storage_error(error):
+    """The storage's OperationalError (the server went away: stopped, restarted, network) behind error, or None.
+    Optuna can mask it: when a trial's end cannot be written, its _run_trial (optuna 5.0) raises UnboundLocalError
+    from its `finally`, with the OperationalError as context."""
+    import sqlalchemy.exc
+
+    while error is not None and not isinstance(error, sqlalchemy.exc.OperationalError):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def trial_objective(method, options, scored, cannot_run):
@@ -402,24 +427,35 @@ def open_study(options, attempts=5):
 
     for attempt in range(attempts):
         try:
-            storage = options.storage
-            if storage.startswith(("sqlite:", "postgresql:", "mysql:")):
-                storage = sql_storage(options)
-            return optuna.create_study(study_name=options.study, storage=storage, load_if_exists=True,
+            # every URL, dialect+driver ones (postgresql+psycopg://) included: without heartbeats a killed trial
+            # stays RUNNING and is never retried
+            return optuna.create_study(study_name=options.study, storage=sql_storage(options), load_if_exists=True,
                                        direction="maximize", sampler=optuna.samplers.TPESampler(seed=options.seed),
                                        pruner=optuna.pruners.SuccessiveHalvingPruner())
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as error:
             if attempt == attempts - 1:
-                raise UserError(f"cannot open the study in --storage {options.storage}: {error.orig}") from error
+                raise UserError(f"cannot open the study in --storage {shown_url(options.storage)}: "
+                                f"{error.orig}") from error
             time.sleep(0.5 + random.random())
         except (ValueError, ImportError, sqlalchemy.exc.ArgumentError) as error:
-            raise UserError(f"cannot open --storage {options.storage}: {error}") from error
+            raise UserError(f"cannot open --storage {shown_url(options.storage)}: {error}") from error
+
+
+def shown_url(storage):
+    """The storage URL as an error line may show it: a password in it is masked."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(storage).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:  # not a database URL (a journal file path): nothing to hide
+        return storage
 
 
 def sql_storage(options):
     """The SQL storage with heartbeats: a trial whose process died (no heartbeat for 3 intervals) is failed, recorded
     as FAIL in the search sheet, and retried once with the same parameters, by whichever process next asks for one."""
     import optuna
+    import sqlalchemy.exc
     from optuna.storages import RDBStorage
 
     def stale(study, trial):
@@ -427,12 +463,21 @@ def sql_storage(options):
         record_trial(options, trial.number, trial.user_attrs.get("policy"), None, "FAIL", seconds)
         retry_once(study, trial)
 
-    # SQLite: concurrent processes wait for the file lock instead of failing at once
-    engine = {"connect_args": {"timeout": 60}} if options.storage.startswith("sqlite:") else None
+    class Storage(RDBStorage):
+        def record_heartbeat(self, trial_id):
+            try:
+                super().record_heartbeat(trial_id)
+            except sqlalchemy.exc.OperationalError:  # a server down: the heartbeat thread would die with a
+                pass  # traceback; the trial's own next call to the storage reports it as the error line
+
+    # SQLite: concurrent processes wait for the file lock instead of failing at once. A server: a pooled connection
+    # is checked before use, so a search outlives a server restart between two of its calls.
+    sqlite = options.storage.startswith("sqlite:")
+    engine = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(options.storage, engine_kwargs=engine, heartbeat_interval=options.heartbeat,
-                          grace_period=3 * options.heartbeat, heartbeat_stale_trial_callback=stale)
+        return Storage(options.storage, engine_kwargs=engine, heartbeat_interval=options.heartbeat,
+                       grace_period=3 * options.heartbeat, heartbeat_stale_trial_callback=stale)
 
 
 def record_trial(options, number, policy_json, score, state, seconds):
@@ -462,8 +507,27 @@ def plot_study(study, out):
         plt.close(axes.figure)
 
 
+def dashboard(options):
+    """optuna-dashboard's page of every study in --storage, served until Ctrl-C, while searches run anywhere."""
+    import sqlalchemy.exc
+    from optuna_dashboard import run_server
+
+    if options.storage.startswith("sqlite:///") and not Path(options.storage[len("sqlite:///"):]).exists():
+        raise UserError(f"--storage {options.storage}: no such database file (a search creates it)")
+    print(f"optuna-dashboard: the studies in {shown_url(options.storage)} at "
+          f"http://{options.host}:{options.port}/dashboard/ (Ctrl-C stops it)", flush=True)
+    try:
+        run_server(options.storage, host=options.host, port=options.port)
+    except OSError as error:
+        raise UserError(f"cannot serve on {options.host}:{options.port}: {error.strerror or error}") from error
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ValueError) as error:
+        raise UserError(f"cannot open --storage {shown_url(options.storage)}: {error}") from error
+
+
 def main(argv=None):
     method, options = parse_args(argv)
+    if options.dashboard:
+        return dashboard(options)
     resolve_policy(options.base, 32)  # a bad base is one line before anything runs
     return grid(method, options) if options.grid else search(method, options)
 

@@ -146,3 +146,90 @@ def write_image_folder(root, classes=("n01", "n02")):
             for i in range(count):
                 write_image(root / split / wnid / f"{i}", pure((255, 0, 0) if label == 0 else (0, 0, 255)),
                             ".png" if i % 2 == 0 else ".JPEG")
+
+
+# --- search_augment.py as a user starts it ---------------------------------------------------------------------
+
+TINY_SEARCH = ["--method", "supervised", "--width", "0.25", "--dataset", "synthetic", "--subset", "48",
+               "--batch-size", "16", "--workers", "0", "--crop-size", "16", "--epochs", "1",
+               "--val-size", "40"]  # 16 px, a quarter of the width
+
+
+def start_search(argv, cwd, log):
+    """search_augment.py as its own process, as a user starts it (a second terminal, a second machine)."""
+    import signal
+    import subprocess
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    script = Path(__file__).resolve().parents[1] / "search_augment.py"
+    # Ctrl-C as in a terminal: a suite started in the background (`cmd &` without job control) ignores SIGINT, and
+    # a process inherits an ignored signal
+    return subprocess.Popen([sys.executable, "-u", str(script), *argv], cwd=cwd, env=env,
+                            stdout=open(Path(cwd) / log, "w"), stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def needs(what, found):
+    """Skip with one line when a Debian package a test needs is missing; under CI=true (.ci/run installs them) fail."""
+    if not found:
+        message = f"needs {what} (.ci/run installs it)"
+        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
+
+
+# --- PostgreSQL: a throwaway server (initdb in a temp dir, loopback, a free port) ---------------------------------
+
+class PostgresServer:
+    """Debian's PostgreSQL binaries run as an unprivileged user (postgres refuses root): `initdb` into a fresh temp
+    dir, a server on 127.0.0.1 at a free port with trust authentication, stopped and started at will."""
+
+    def __init__(self, bin_dir):
+        import socket
+        import tempfile
+        self.bin_dir = bin_dir
+        self.root = Path(tempfile.mkdtemp(prefix="pg-"))  # not under pytest's 0700 tmp: the server user reads it
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.as_user = []
+        if os.geteuid() == 0:  # CI runs as root: the package's `postgres` system user runs the server
+            import shutil
+            shutil.chown(self.root, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.pg("initdb", "-D", self.data, "-U", "search", "--auth=trust", "--no-sync", "-E", "UTF8")
+
+    def pg(self, tool, *args):
+        import subprocess
+        subprocess.run([*self.as_user, str(self.bin_dir / tool), *map(str, args)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self):
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} -c fsync=off"
+        self.pg("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "start")
+
+    def stop(self):
+        self.pg("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+
+    def new_database(self, name):
+        """A fresh database on this server, and its SQLAlchemy URL (what --storage takes)."""
+        import psycopg
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="search", dbname="postgres",
+                             autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://search@127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    import shutil
+    candidates = [Path(p).parent for p in [shutil.which("pg_ctl")] if p]
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)  # Debian keeps them off PATH
+    bin_dir = next((d for d in candidates if (d / "initdb").exists() and (d / "pg_ctl").exists()), None)
+    needs("Debian's postgresql (initdb, pg_ctl)", bin_dir)
+    server = PostgresServer(bin_dir)
+    server.start()
+    yield server
+    try:
+        server.stop()
+    except Exception:  # a test left it stopped
+        pass
+    shutil.rmtree(server.root, ignore_errors=True)

@@ -18,6 +18,7 @@ import openpyxl
 import pytest
 
 import results
+from conftest import needs
 from cli import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -522,10 +523,8 @@ SOFFICE = shutil.which("soffice") or shutil.which("libreoffice")
 
 def render_pdf_pages(workbooks, tmp_path):
     """Convert workbooks to PDF with LibreOffice headless; return {workbook: [text of each page]}."""
-    if not (SOFFICE and shutil.which("pdftoppm") and shutil.which("pdftotext")):
-        if os.environ.get("CI") == "true":
-            pytest.fail("LibreOffice (soffice) and poppler-utils (pdftoppm, pdftotext) are required under CI=true")
-        pytest.skip("needs LibreOffice (soffice) and poppler-utils; .ci/run installs them")
+    needs("LibreOffice (soffice) and poppler-utils (pdftoppm, pdftotext)",
+          SOFFICE and shutil.which("pdftoppm") and shutil.which("pdftotext"))
     out = tmp_path / "pdf"
     profile = (tmp_path / "lo-profile").as_uri()  # a private profile: concurrent soffice runs do not clash
     subprocess.run([SOFFICE, f"-env:UserInstallation={profile}", "--headless", "--convert-to", "pdf", "--outdir",

@@ -1,30 +1,22 @@
 """search_augment.py: a tiny Optuna search and grid on synthetic, end to end, through the real SQLite storage."""
 import json
-import os
 import re
 from datetime import datetime, timedelta
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
-from conftest import error_of, sheet_rows
+from conftest import TINY_SEARCH, error_of, sheet_rows, start_search
 
 import search_augment
 import augmentations as aug
 from augmentations import policy_from_json
 from cli import UserError
 
-TINY = ["--method", "supervised", "--width", "0.25", "--dataset", "synthetic", "--subset", "48", "--batch-size", "16",
-        "--workers", "0", "--crop-size", "16", "--epochs", "1", "--val-size", "40"]  # 16 px, a quarter of the width
-
-
 def search_argv(tmp_path, trials, *extra):
-    return [*TINY, "--trials", str(trials), "--storage", f"sqlite:///{tmp_path / 'search.db'}", "--study", "t",
+    return [*TINY_SEARCH, "--trials", str(trials), "--storage", f"sqlite:///{tmp_path / 'search.db'}", "--study", "t",
             "--out", str(tmp_path / "out"), "--results", str(tmp_path / "r.xlsx"), *extra]
 
 
@@ -34,17 +26,6 @@ def trials(tmp_path):
 
 def states(tmp_path):
     return [t.state.name for t in trials(tmp_path)]
-
-
-def start_search(argv, tmp_path, log):
-    """search_augment.py as its own process, as a user starts it (a second terminal, a second machine)."""
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
-    script = Path(search_augment.__file__)
-    # Ctrl-C as in a terminal: a suite started in the background (`cmd &` without job control) ignores SIGINT, and
-    # a process inherits an ignored signal
-    return subprocess.Popen([sys.executable, "-u", str(script), *argv], cwd=tmp_path, env=env,
-                            stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_tiny_search_end_to_end_writes_best_policy_plots_and_search_sheet(tmp_path, capsys, recwarn):
@@ -83,7 +64,7 @@ def test_a_trial_below_the_bar_is_pruned_and_recorded_once(tmp_path):
 
 
 def test_grid_gives_one_row_per_spec_and_seed_and_skips_finished_ones(tmp_path, capsys):
-    argv = [*TINY[:-2], "--knn-every", "0", "--grid", "original", "ours", "--seeds", "2", "--out",
+    argv = [*TINY_SEARCH[:-2], "--knn-every", "0", "--grid", "original", "ours", "--seeds", "2", "--out",
             str(tmp_path / "grid"), "--results", str(tmp_path / "r.xlsx")]
     search_augment.main(argv)
     rows = sheet_rows(tmp_path / "r.xlsx", "search")
@@ -103,19 +84,19 @@ def test_bad_options_are_one_line(tmp_path, capsys):
     line = error_of([*search_argv(tmp_path, 1), "--resume", "x.pth"], capsys, search_augment.main)
     assert "a search or grid continues when the same command is run again" in line  # it used to record a FAIL trial
     # a bad last spec used to fail only after the first spec had trained and been recorded in full
-    grid = [*TINY, "--grid", "original", "nosuch", "--out", str(tmp_path / "grid"), "--results", str(tmp_path / "r.xlsx")]
+    grid = [*TINY_SEARCH, "--grid", "original", "nosuch", "--out", str(tmp_path / "grid"), "--results", str(tmp_path / "r.xlsx")]
     assert "nosuch" in error_of(grid, capsys, search_augment.main)
     assert not (tmp_path / "r.xlsx").exists() and not (tmp_path / "grid").exists()
-    line = error_of([*TINY, "--grid", "original", "ours", "--reference", "ours-clahe"], capsys, search_augment.main)
+    line = error_of([*TINY_SEARCH, "--grid", "original", "ours", "--reference", "ours-clahe"], capsys, search_augment.main)
     assert "--reference ours-clahe is not one of the --grid specs" in line
     assert "--reference compares" in error_of([*search_argv(tmp_path, 1), "--reference", "ours"], capsys,
                                               search_augment.main)
 
 
 def test_the_reference_spec_runs_first():
-    options = search_augment.parse_args([*TINY, "--grid", "original", "ours", "ours-clahe", "--reference", "ours"])[1]
+    options = search_augment.parse_args([*TINY_SEARCH, "--grid", "original", "ours", "ours-clahe", "--reference", "ours"])[1]
     assert options.grid == ["ours", "original", "ours-clahe"] and options.reference == "ours"
-    assert search_augment.parse_args([*TINY, "--grid", "ours-clahe", "ours"])[1].reference == "ours-clahe"
+    assert search_augment.parse_args([*TINY_SEARCH, "--grid", "ours-clahe", "ours"])[1].reference == "ours-clahe"
 
 
 def test_a_proxy_that_cannot_run_stops_the_search_with_one_line_after_one_failed_trial(tmp_path, capsys):
@@ -202,7 +183,7 @@ def test_study_cost_counts_trials_per_hour_and_the_epochs_pruning_saved():
 
 def test_a_moco_proxy_trains_at_constant_lr_unless_told(tmp_path):
     """The demo's cosine puts the last of the proxy's 2 epochs at lr 0; the search's proxy uses constant lr."""
-    moco = ["--method", "moco", *TINY[2:], "--trials", "1", "--storage", f"sqlite:///{tmp_path / 's.db'}"]
+    moco = ["--method", "moco", *TINY_SEARCH[2:], "--trials", "1", "--storage", f"sqlite:///{tmp_path / 's.db'}"]
     assert search_augment.parse_args(moco)[1].cos is False
     assert search_augment.parse_args([*moco, "--cos"])[1].cos is True
     assert search_augment.parse_args([*moco, "--grid", "ours"])[1].cos is True  # the grid keeps the recipe's schedule
@@ -211,7 +192,7 @@ def test_a_moco_proxy_trains_at_constant_lr_unless_told(tmp_path):
 def test_the_search_proxy_scores_with_20_neighbours_unless_told(tmp_path):
     assert search_augment.parse_args(search_argv(tmp_path, 1))[1].knn_k == 20
     assert search_augment.parse_args([*search_argv(tmp_path, 1), "--knn-k", "7"])[1].knn_k == 7
-    assert search_augment.parse_args([*TINY, "--grid", "ours"])[1].knn_k == 200  # the grid keeps the monitor's
+    assert search_augment.parse_args([*TINY_SEARCH, "--grid", "ours"])[1].knn_k == 200  # the grid keeps the monitor's
 
 
 # --- the search space: flat Optuna parameters laid over a base policy ---------------------------------------
