@@ -1,8 +1,9 @@
 """Contrastive and self-distillation losses.
 
 MoCo's InfoNCE against a queue (plain, debiased, with MoCHi's mixed hard negatives), SimCLR's NT-Xent,
-BYOL/SimSiam's cosine losses and SwAV's Sinkhorn codes and swapped prediction. All are computed in fp32
-(fp64 inputs stay fp64) even under autocast.
+BYOL/SimSiam's cosine losses, SwAV's Sinkhorn codes and swapped prediction, and i-Mix's cross-entropy over a contrast
+set. All are computed in fp32 (fp64 inputs stay fp64) even under autocast. The per-image forms (reduction="none")
+are what mixing.Draw.loss weighs toward two targets.
 """
 import math
 
@@ -11,7 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
-def moco_infonce(q, k, queue, temperature, extra_negatives=None):
+def moco_infonce(q, k, queue, temperature, extra_negatives=None, reduction="mean"):
     """InfoNCE against a queue (He et al., "Momentum Contrast", CVPR 2020).
 
     q, k: (N, D) L2-normalised queries and positive keys; queue: (K, D) L2-normalised negatives;
@@ -24,7 +25,16 @@ def moco_infonce(q, k, queue, temperature, extra_negatives=None):
         positive = (q * k).sum(dim=1, keepdim=True)
         logits = torch.cat([positive, _negative_similarities(q, queue, extra_negatives)], dim=1) / temperature
         labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-        return F.cross_entropy(logits, labels)
+        return F.cross_entropy(logits, labels, reduction=reduction)
+
+
+def contrast_cross_entropy(q, contrast, temperature, targets):
+    """i-Mix's loss (Lee et al., ICLR 2021) toward virtual labels: (N,) cross-entropies of the logits
+    q·contrastᵀ / T at the target indices. q: (N, D), contrast: (M, D), both normalised here; MoCo's contrast is the
+    batch's keys then the queue, the N-pair form's (SimCLR) the other view's projections."""
+    with full_precision(q):
+        logits = F.normalize(upcast(q), dim=1) @ F.normalize(upcast(contrast), dim=1).t() / temperature
+        return F.cross_entropy(logits, targets, reduction="none")
 
 
 def debiased_infonce(q, k, queue, temperature, tau_plus, extra_negatives=None):
@@ -117,22 +127,26 @@ def nt_xent(z1, z2, temperature):
         return F.cross_entropy(logits, targets)
 
 
-def negative_cosine(p, z):
+def negative_cosine(p, z, reduction="mean"):
     """SimSiam's loss (Chen & He, CVPR 2021): −cos(p, sg(z)), mean over the batch. p, z: (N, D).
 
     z is detached here (the stop-gradient); symmetrise by calling it once per view pairing.
     """
     with full_precision(p):
-        return -_cosine(upcast(p), upcast(z.detach())).mean()
+        return _reduce(-_cosine(upcast(p), upcast(z.detach())), reduction)
 
 
-def byol_loss(p, z):
+def byol_loss(p, z, reduction="mean"):
     """BYOL's loss (Grill et al., NeurIPS 2020): ‖p̂ − ẑ‖² = 2 − 2·cos(p, sg(z)), mean over the batch.
 
     p: (N, D) online predictions; z: (N, D) target projections, detached here.
     """
     with full_precision(p):
-        return (2 - 2 * _cosine(upcast(p), upcast(z.detach()))).mean()
+        return _reduce(2 - 2 * _cosine(upcast(p), upcast(z.detach())), reduction)
+
+
+def _reduce(per_image, reduction):
+    return per_image.mean() if reduction == "mean" else per_image
 
 
 @torch.no_grad()
@@ -183,14 +197,17 @@ def swav_loss(scores_list, codes_list, temperature=0.1):
     num_views = len(scores_list)
     if not 1 <= len(codes_list) <= num_views or num_views < 2:
         raise ValueError(f"need 2+ views and 1..V code views, got V={num_views}, C={len(codes_list)}")
-    with full_precision(scores_list[0]):
-        log_probs = [F.log_softmax(upcast(s) / temperature, dim=1) for s in scores_list]
-        loss = 0
-        for c, codes in enumerate(codes_list):
-            codes = upcast(codes.detach())
-            cross = sum(-(codes * log_probs[v]).sum(dim=1).mean() for v in range(num_views) if v != c)
-            loss = loss + cross / (num_views - 1)
-        return loss / len(codes_list)
+    loss = 0
+    for c, codes in enumerate(codes_list):
+        cross = sum(code_cross_entropy(scores_list[v], codes, temperature).mean() for v in range(num_views) if v != c)
+        loss = loss + cross / (num_views - 1)
+    return loss / len(codes_list)
+
+
+def code_cross_entropy(scores, codes, temperature=0.1):
+    """(B,) −Σ_k q[b, k] · log softmax(scores[b] / T)[k]: one view's prediction of another's codes (detached)."""
+    with full_precision(scores):
+        return -(upcast(codes.detach()) * F.log_softmax(upcast(scores) / temperature, dim=1)).sum(dim=1)
 
 
 def _negative_similarities(q, queue, extra_negatives):

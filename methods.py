@@ -9,8 +9,8 @@ A method is an nn.Module built from its options that
   and a classifier trained on labels whose accuracy is recorded (`supervised_classifier`, None for the others);
 - says which parameters its optimizer trains (`trainable_parameters`, grouped by `param_groups` where a group needs its
   own optimizer settings) and what its workbook row records of it (`record_fields`: head, debias, mochi, options);
-- says whether it can train on multi-crop's local crops (`local_crops_ok`) and warns of settings that work against
-  it (`notes`).
+- says whether it can train on multi-crop's local crops (`local_crops_ok`), whether it mixes between views under
+  --mix (`mixes`; mixing.py, used inside `forward`) and warns of settings that work against it (`notes`).
 Adding a method means adding a class here and to METHODS.
 """
 import itertools
@@ -22,8 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cli import UserError
-from losses import (byol_loss, debiased_infonce, mochi_negatives, moco_infonce, negative_cosine, nt_xent, sinkhorn,
-                    swav_loss)
+from losses import (byol_loss, code_cross_entropy, contrast_cross_entropy, debiased_infonce, mochi_negatives,
+                    moco_infonce, negative_cosine, nt_xent, sinkhorn, swav_loss)
+from mixing import Mixer
 from models import build_backbone, ema_update, gather_all, momentum_copy, projection_head
 from optim import OPTIMIZERS, demo_lr, lr_at
 
@@ -34,6 +35,9 @@ class Method(nn.Module):
     views = None  # views per training image; None: the --crops option
     needs_labels = False  # trains on the labelled split (STL-10's unlabelled images are skipped)
     local_crops_ok = False  # trains on multi-crop's local crops (--local-crops) besides the --crops global views
+    mixes = False  # takes --mix (i-Mix / Un-Mix between its views)
+    mixer = None  # the run's mixing.Mixer, set by a method that mixes from its options
+    global_step = 0  # optimizer steps before this one, set by start_step
 
     @staticmethod
     def add_options(parser):
@@ -60,8 +64,22 @@ class Method(nn.Module):
         """The lr at a fractional epoch t: linear warm-up, then cosine to 0 over the run, set every step."""
         return lambda t: lr_at(t, lr, opts.epochs, "cos", warmup_epochs=warmup)
 
+    def start_step(self, epoch, step, steps_per_epoch, epochs):
+        """What the run path calls before every training step."""
+        self.global_step = epoch * steps_per_epoch + step
+        self.before_step(epoch, step, steps_per_epoch, epochs)
+
     def before_step(self, epoch, step, steps_per_epoch, epochs):
         """Called before every training step with the position in the run (e.g. for a warm-up of a loss term)."""
+
+    def draw_mix(self, images):
+        """This step's mixing (mixing.Draw) of a batch of images, or None when the run does not mix."""
+        return None if self.mixer is None else self.mixer.draw(images.shape[0], images.device, self.global_step)
+
+    @property
+    def mixed_only(self):
+        """i-Mix: the mixed query view replaces the plain one in the loss (Un-Mix adds its branch to it)."""
+        return self.mixer is not None and self.mixer.replaces
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
@@ -83,8 +101,8 @@ class Method(nn.Module):
         return None
 
     def record_fields(self):
-        """This method's own columns of the workbook row (head, debias, mochi, method_options) and its options."""
-        return {} if self.head is None else dict(head=self.head)
+        """This method's own columns of the workbook row (head, debias, mochi, mix, method_options) and its options."""
+        return {"head": self.head, "mix": self.mixer and self.mixer.record()}
 
 
 def check_positive(opts, *names):
@@ -126,6 +144,7 @@ class MoCo(Method):
     negatives from --mochi-start on.
     """
     name = "moco"
+    mixes = True
     recipe = dict(epochs=200, batch_size=512, lr=0.06, wd=5e-4, aug="ours", bn_splits=8)
     lr_per_epoch = True
 
@@ -186,12 +205,16 @@ class MoCo(Method):
                 raise UserError(f"--mochi S and S' must be >= 0, got {s} and {s_prime}")
         if opts.mochi_start < 0:
             raise UserError(f"--mochi-start must be >= 0, got {opts.mochi_start}")
+        if opts.mix and (opts.symmetric or opts.crops != 2 or opts.debias or opts.mochi):
+            raise UserError(f"--mix {opts.mix} mixes MoCo's query view against its key view, as both papers: it needs "
+                            "2 crops and the asymmetric loss, without --debias or --mochi")
 
     def __init__(self, opts, num_classes, cifar_stem, bn_splits):
         super().__init__()
         self.K, self.m, self.T, self.symmetric = opts.moco_k, opts.moco_m, opts.moco_t, opts.symmetric
         self.debias, self.mochi, self.mochi_start = opts.debias, opts.mochi, opts.mochi_start
         self.mix_hard_negatives = False
+        self.mixer = Mixer.from_options(opts)
         backbone = build_backbone(opts.arch, cifar_stem, bn_splits, opts.width)
         self.encoder_q = nn.Sequential(backbone, projection_head(backbone.feat_dim, opts.moco_dim, opts.mlp or None))
         self.encoder_k = momentum_copy(self.encoder_q)
@@ -208,7 +231,8 @@ class MoCo(Method):
         return self.encoder_q  # the demo's kNN monitor reads the query encoder's (normalised) output
 
     def record_fields(self):
-        return dict(head=self.head, debias=self.debias, mochi=" ".join(map(str, self.mochi)) if self.mochi else None)
+        return dict(super().record_fields(), debias=self.debias,
+                    mochi=" ".join(map(str, self.mochi)) if self.mochi else None)
 
     def before_step(self, epoch, step, steps_per_epoch, epochs):
         self.mix_hard_negatives = self.mochi is not None and epoch >= self.mochi_start
@@ -253,11 +277,20 @@ class MoCo(Method):
         keys = {j: self.shuffled_keys(views[j]) for j in key_views}
         queue = self.queue.clone().detach()
         loss = 0.0
-        for i in query_views:
+        for i in [] if self.mixed_only else query_views:
             q = F.normalize(self.encoder_q(views[i]), dim=1)
             extra = mochi_negatives(q, queue, *self.mochi) if self.mix_hard_negatives else None
             pair_losses = [self.pair_loss(q, keys[j], queue, extra) for j in range(len(views)) if j != i]
             loss = loss + sum(pair_losses) / len(pair_losses)
+        draw = self.draw_mix(views[0])
+        if draw is not None:  # the mixed query toward the keys of both its sources
+            mixed, lam = draw.images(views[0])
+            q, k = F.normalize(self.encoder_q(mixed), dim=1), keys[1]
+            if self.mixed_only:  # i-Mix: virtual labels over the batch's keys, then the queue
+                contrast = torch.cat([k, queue])
+                loss = loss + draw.loss(lambda t: contrast_cross_entropy(q, contrast, self.T, t), lam)
+            else:  # Un-Mix: InfoNCE with each source's key as the positive, the queue as negatives
+                loss = loss + draw.loss(lambda t: moco_infonce(q, k[t], queue, self.T, reduction="none"), lam)
         self.enqueue(torch.cat([keys[j] for j in key_views]))
         return loss
 
@@ -268,6 +301,7 @@ class SimCLR(Method):
     name = "simclr"
     recipe = dict(epochs=100, batch_size=256, aug="simclr", linear_epochs=20, linear_protocol="finetune")
     views = 2
+    mixes = True
 
     @staticmethod
     def add_options(p):
@@ -284,14 +318,24 @@ class SimCLR(Method):
     def __init__(self, opts, num_classes, cifar_stem, bn_splits):
         super().__init__()
         self.temperature = opts.temperature
+        self.mixer = Mixer.from_options(opts)
         self.backbone = build_backbone(opts.arch, cifar_stem, bn_splits, opts.width)
         width = self.backbone.feat_dim  # 512 for ResNet-18, 2048 for ResNet-50
         self.projection = projection_head(width, opts.projection_dim, width)
         self.head = f"mlp {width}-{opts.projection_dim}"
 
     def forward(self, views, labels=None):
-        z1, z2 = self.projection(self.backbone(views[0])), self.projection(self.backbone(views[1]))
-        return nt_xent(gather_all(z1, with_grad=True), gather_all(z2, with_grad=True), self.temperature)
+        z2 = gather_all(self.projection(self.backbone(views[1])), with_grad=True)
+        loss = 0.0
+        if not self.mixed_only:
+            loss = nt_xent(gather_all(self.projection(self.backbone(views[0])), with_grad=True), z2, self.temperature)
+        draw = self.draw_mix(views[0])
+        if draw is not None:  # i-Mix's N-pair form: the mixed view against the other view's projections (every process's)
+            mixed, lam = draw.images(views[0])
+            z = self.projection(self.backbone(mixed))
+            offset = dist.get_rank() * z.shape[0] if z2.shape[0] > z.shape[0] else 0
+            loss = loss + draw.loss(lambda t: contrast_cross_entropy(z, z2, self.temperature, t + offset), lam)
+        return loss
 
 
 class Supervised(Method):
@@ -368,6 +412,7 @@ class BYOL(Method):
     name = "byol"
     recipe = dict(epochs=1000, batch_size=256, wd=1e-5, aug="simclr")
     views = 2
+    mixes = True
 
     @staticmethod
     def add_options(p):
@@ -396,6 +441,7 @@ class BYOL(Method):
         self.target = momentum_copy(self.online)
         self.tau_base = opts.tau_base if opts.tau_base is not None else 0.99 if cifar_stem else 0.996
         self.register_buffer("tau", torch.tensor(self.tau_base))
+        self.mixer = Mixer.from_options(opts)
         self.head = f"mlp {opts.proj_hidden}-{opts.proj_dim}, predictor {opts.pred_hidden}-{opts.proj_dim}"
 
     @property
@@ -406,7 +452,7 @@ class BYOL(Method):
         return [dict(params=self.trainable_parameters(), eta=LARS_ETA)]
 
     def record_fields(self):
-        return dict(head=self.head, method_options=dict(tau_base=self.tau_base))
+        return dict(super().record_fields(), method_options=dict(tau_base=self.tau_base))
 
     def before_step(self, epoch, step, steps_per_epoch, epochs):
         k, total = epoch * steps_per_epoch + step, epochs * steps_per_epoch
@@ -417,10 +463,18 @@ class BYOL(Method):
 
     def forward(self, views, labels=None):
         self.update_target()
-        p1, p2 = (self.prediction_mlp(self.online(v)) for v in views)
+        predict = lambda images: self.prediction_mlp(self.online(images))
         with torch.no_grad():
             z1, z2 = (self.target(v) for v in views)
-        return byol_loss(p1, z2) + byol_loss(p2, z1)
+        loss = byol_loss(predict(views[1]), z1)
+        if not self.mixed_only:
+            loss = loss + byol_loss(predict(views[0]), z2)
+        draw = self.draw_mix(views[0])
+        if draw is not None:  # the mixed view's prediction toward both sources' target projections
+            mixed, lam = draw.images(views[0])
+            p = predict(mixed)
+            loss = loss + draw.loss(lambda t: byol_loss(p, z2[t], reduction="none"), lam)
+        return loss
 
 
 class SimSiam(Method):
@@ -436,6 +490,7 @@ class SimSiam(Method):
     name = "simsiam"
     recipe = dict(epochs=800, batch_size=512, wd=5e-4, aug="simclr")
     views = 2
+    mixes = True
 
     @staticmethod
     def add_options(p):
@@ -461,12 +516,20 @@ class SimSiam(Method):
             nn.Linear(width, width, bias=False), nn.BatchNorm1d(width, affine=False))
         self.prediction_mlp = nn.Sequential(nn.Linear(width, hidden, bias=False), nn.BatchNorm1d(hidden),
                                             nn.ReLU(inplace=True), nn.Linear(hidden, width))
+        self.mixer = Mixer.from_options(opts)
         self.head = f"mlp {width}-{width}, predictor {hidden}-{width}"
 
     def forward(self, views, labels=None):
         z1, z2 = (self.projector(self.backbone(v)) for v in views)
-        p1, p2 = self.prediction_mlp(z1), self.prediction_mlp(z2)
-        return negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
+        loss = negative_cosine(self.prediction_mlp(z2), z1) / 2
+        if not self.mixed_only:
+            loss = loss + negative_cosine(self.prediction_mlp(z1), z2) / 2
+        draw = self.draw_mix(views[0])
+        if draw is not None:  # the mixed view's prediction toward both sources' projections
+            mixed, lam = draw.images(views[0])
+            p = self.prediction_mlp(self.projector(self.backbone(mixed)))
+            loss = loss + draw.loss(lambda t: negative_cosine(p, z2[t], reduction="none"), lam) / 2
+        return loss
 
 
 class SwAV(Method):
@@ -494,6 +557,7 @@ class SwAV(Method):
     name = "swav"
     recipe = dict(epochs=1000, batch_size=256, wd=1e-6, aug="simclr")
     local_crops_ok = True
+    mixes = True
 
     @staticmethod
     def add_options(p):
@@ -537,6 +601,7 @@ class SwAV(Method):
         self.world, self.rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
         self.register_buffer("queue", torch.zeros(self.n_global, opts.queue_length, opts.proj_dim))
         self.frozen, self.queue_steps = False, -1  # set by before_step: queue_steps < 0 while the queue is off
+        self.mixer = Mixer.from_options(opts)
         self.head = f"mlp {opts.proj_hidden}-{opts.proj_dim}, {opts.prototypes} prototypes"
         self.options = {name: getattr(opts, name) for name in (
             "prototypes", "temperature", "sinkhorn_eps", "sinkhorn_iterations", "queue_length", "queue_start",
@@ -548,7 +613,7 @@ class SwAV(Method):
         return [dict(params=rest, eta=LARS_ETA), dict(params=[prototypes], eta=LARS_ETA, weight_decay=0.0)]
 
     def record_fields(self):
-        return dict(head=self.head, method_options=self.options)
+        return dict(super().record_fields(), method_options=self.options)
 
     def before_step(self, epoch, step, steps_per_epoch, epochs):
         k = epoch * steps_per_epoch + step
@@ -556,20 +621,38 @@ class SwAV(Method):
         self.queue_steps = (epoch - self.queue_start) * steps_per_epoch + step  # steps that filled the queue so far
 
     def forward(self, views, labels=None):
-        """views: the --crops global crops, then the local crops. Returns the loss."""
+        """views: the --crops global crops, then the local crops. Returns the loss.
+
+        Mixing: every crop, local ones included, is mixed with the same draw and predicts the mixed codes of the
+        other global crops (Un-Mix: added to the plain loss; i-Mix: instead of it, the codes from the plain global
+        crops without gradient)."""
         weight = self.prototypes.weight
         if self.frozen:
             weight = weight.detach() + 0 * weight  # still in the graph, with a gradient of exactly 0
         else:
             with torch.no_grad():
                 weight.copy_(F.normalize(weight, dim=1))
-        # One backbone pass per crop size, as main_swav.py: BatchNorm sees all crops of a size together.
+        coded = views[:self.n_global] if self.mixed_only else views
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.mixed_only):
+            z = self.embed(coded)
+            scores = F.linear(z, weight).chunk(len(coded))
+        codes = self.codes(scores[:self.n_global], z.detach().chunk(len(coded))[:self.n_global], weight.detach())
+        loss = 0.0 if self.mixed_only else swav_loss(list(scores), codes, self.temperature)
+        draw = self.draw_mix(views[0])
+        if draw is not None:
+            mixed = [draw.images(v) for v in views]
+            mixed_scores = F.linear(self.embed([images for images, _ in mixed]), weight).chunk(len(views))
+            pairs = [(c, v) for c in range(len(codes)) for v in range(len(views)) if v != c]
+            loss = loss + sum(draw.loss(lambda t: code_cross_entropy(mixed_scores[v], codes[c][t], self.temperature),
+                                        mixed[v][1]) for c, v in pairs) / len(pairs)
+        return loss
+
+    def embed(self, views):
+        """Normalised projections of every crop, in order; one backbone pass per crop size, as main_swav.py: BatchNorm
+        sees all crops of a size together."""
         z = torch.cat([self.projector(self.backbone(torch.cat(list(same_size))))
                        for _, same_size in itertools.groupby(views, key=lambda v: v.shape[-2:])])
-        z = F.normalize(z, dim=1)
-        scores = F.linear(z, weight).chunk(len(views))
-        codes = self.codes(scores[:self.n_global], z.detach().chunk(len(views))[:self.n_global], weight.detach())
-        return swav_loss(list(scores), codes, self.temperature)
+        return F.normalize(z, dim=1)
 
     @torch.compiler.disable  # runs eagerly under --compile: its queue position changes every step
     @torch.no_grad()

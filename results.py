@@ -28,10 +28,10 @@ from cli import UserError
 from stats import paired_difference
 
 RUN_COLUMNS = [
-    "run_id", "time", "study", "script", "method", "dataset", "arch", "head", "debias", "mochi", "aug", "policy", "crops",
-    "crop_size", "epochs", "batch_size", "lr", "optimizer", "precision", "world_size", "seed", "knn_top1_final",
-    "knn_top1_best", "linear_top1", "linear_top5", "supervised_top1", "wall_time_s", "images_per_s", "peak_gpu_mem_gb",
-    "hardware", "data", "run_dir", "git_commit", "torch", "method_options", "args",
+    "run_id", "time", "study", "script", "method", "dataset", "arch", "head", "debias", "mochi", "mix", "aug", "policy",
+    "crops", "crop_size", "epochs", "batch_size", "lr", "optimizer", "precision", "world_size", "seed",
+    "knn_top1_final", "knn_top1_best", "linear_top1", "linear_top5", "supervised_top1", "wall_time_s", "images_per_s",
+    "peak_gpu_mem_gb", "hardware", "data", "run_dir", "git_commit", "torch", "method_options", "args",
 ]
 CURVE_COLUMNS = ["run_id", "epoch", "loss", "knn_top1", "lr", "epoch_s"]
 SEARCH_COLUMNS = ["study", "trial", "policy", "proxy_score", "state", "seconds", "method", "dataset", "spec", "seed",
@@ -56,7 +56,7 @@ COLUMN_FORMATS = {
     **dict.fromkeys(["knn_final_diff", "knn_final_diff_low", "knn_final_diff_high"], "+0.00;-0.00;0.00"),
 }
 CONTENT_WIDTHS = {  # characters the usual values need; a column is at least as wide as its bold header
-    "time": 20, "script": 19, "method": 11, "dataset": 13, "arch": 14, "head": 14, "mochi": 12, "aug": 26,
+    "time": 20, "script": 19, "method": 11, "dataset": 13, "arch": 14, "head": 14, "mochi": 12, "mix": 10, "aug": 26,
     "policy": 30, "optimizer": 10, "hardware": 28, "data": 36, "run_dir": 50, "git_commit": 12,
     "method_options": 30, "args": 30, "study": 20, "spec": 22, "state": 10, "seeds": 12, "setting": 40,
 }

@@ -6,6 +6,7 @@ from cli import UserError
 from datasets import DATASETS
 from loading import default_workers
 from methods import METHODS
+from mixing import add_mix_options, check_mix_options
 from models import ARCHS
 
 
@@ -38,6 +39,7 @@ def add_run_options(parser, method):
                    help="local crop size in px; None: 9/16 of the crop size (18 at 32 px)")
     p.add_argument("--local-scale", type=float, nargs=2, default=[0.05, 0.3], metavar=("LOW", "HIGH"),
                    help="crop area range of the local crops (the global crops keep the policy's)")
+    add_mix_options(p)
     p.add_argument("--crop-size", type=int, default=None, help="training crop size (downcrop); None: the native size")
     p.add_argument("--stem", choices=["auto", "cifar", "imagenet"], default="auto")
     p.add_argument("--bn-splits", type=int, default=1, help="SplitBatchNorm on one device (ignored under DDP)")
@@ -103,6 +105,7 @@ def check_options(method, opts):
     if method.views is not None and method.views > 1 and opts.crops != method.views:
         raise UserError(f"--crops {opts.crops}: {method.name} trains on exactly {method.views} views of each image")
     check_local_crops(method, opts)
+    check_mix_options(method, opts)
     method.check_options(opts)
 
 

@@ -58,7 +58,7 @@ def train_epoch(rt, model, method, loader, optimizer, lr_fn, epoch, epochs):
     for step, (images, labels) in enumerate(bar):
         lr = lr_fn(epoch + step / len(loader))
         set_lr(optimizer, lr)
-        method.before_step(epoch, step, len(loader), epochs)
+        method.start_step(epoch, step, len(loader), epochs)
         images, labels = rt.to_device(images), labels.to(rt.device, non_blocking=True)
         with rt.autocast():
             loss = model(images, labels)

@@ -26,6 +26,13 @@ def sheet_rows(path, sheet="runs"):
     return [dict(zip(header, [c.value for c in row])) for row in ws.iter_rows(min_row=2)]
 
 
+def log_of(run_dir):
+    """A run's per-epoch log.csv as dicts by header."""
+    import csv
+    with open(Path(run_dir) / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
 def error_of(argv, capsys, main):
     """Run a door as `python <door>.py` would; assert it ends in exit code 2 with one `error:` line and no traceback,
     and return that line."""

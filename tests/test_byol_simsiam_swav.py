@@ -1,13 +1,12 @@
 """BYOL, SimSiam and SwAV (methods.py) against their formulas; multi-crop through the real loader; each method end to end
 through pretrain.py, its learning check against the same network at initialisation, and exact resume."""
-import csv
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import error_of, method_options, sheet_rows
+from conftest import error_of, log_of, method_options, sheet_rows
 
 import methods
 import pretrain
@@ -33,11 +32,6 @@ def small(method, **overrides):
 
 def images(n=4, size=16, views=2):
     return [torch.randn(n, 3, size, size) for _ in range(views)]
-
-
-def log_of(run_dir):
-    with open(run_dir / "log.csv") as f:
-        return list(csv.DictReader(f))
 
 
 # ---------------------------------------------------------------- BYOL

@@ -1,5 +1,4 @@
 """End-to-end runs of the MoCo door, moco_augmented.py, on synthetic data and CIFAR-10 files in the real format."""
-import csv
 import json
 import subprocess
 import sys
@@ -7,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import error_of, sheet_rows, write_cifar10, write_image_folder
+from conftest import error_of, log_of, sheet_rows, write_cifar10, write_image_folder
 
 import methods
 import moco_augmented
@@ -22,10 +21,6 @@ def run(tmp_path, *extra, name="run", epochs=1):
     moco_augmented.main([*TINY, "--epochs", str(epochs), "--results", str(tmp_path / "results.xlsx"),
                          "--results-dir", str(tmp_path / name), *extra])
     return tmp_path / name
-
-
-def log_of(run_dir):
-    return list(csv.DictReader(open(run_dir / "log.csv")))
 
 
 def test_synthetic_run_writes_run_dir_and_workbook(tmp_path, capsys):
