@@ -39,11 +39,12 @@ SEARCH_COLUMNS = ["study", "trial", "policy", "proxy_score", "state", "seconds",
 SEARCH_REQUIRED = SEARCH_COLUMNS[:6]
 REFERENCE_COLUMNS = ["source", "method", "dataset", "config", "epochs", "metric", "value"]
 JSON_COLUMNS = ["policy", "method_options", "args"]  # long texts: a one-line preview in `runs`, in full in `args`
-SUMMARY_KEYS = ["study", "dataset", "method", "arch", "crop_size", "aug", "epochs"]  # seeds of one setting
+SUMMARY_KEYS = ["study", "dataset", "method", "arch", "crop_size", "aug", "mix", "epochs"]  # seeds of one setting
+COMPARED_KEYS = ["aug", "mix"]  # what the settings of one comparison differ in (the augmentation, with its mixing)
 SUMMARY_METRICS = ["knn_top1_final", "knn_top1_best", "linear_top1"]
-# each setting's kNN top-1 final against the reference aug of its comparison (the same setting but for the aug; the
-# reference is the aug that ran first, as search_augment's --grid runs its --reference first), seed by seed
-PAIRED_COLUMNS = ["vs_aug", "pairs", "knn_final_diff", "knn_final_diff_low", "knn_final_diff_high", "ci_excludes_0"]
+# each setting's kNN top-1 final against the reference of its comparison (the same setting but for the aug and the
+# mixing; the reference is the one that ran first, as search_augment's --grid runs its --reference first), seed by seed
+PAIRED_COLUMNS = ["vs", "pairs", "knn_final_diff", "knn_final_diff_low", "knn_final_diff_high", "ci_excludes_0"]
 SHEET_ORDER = ["summary", "chart", "runs", "curves", "args", "search", "reference"]  # printed in this order
 
 ACCURACY = "0.00"
@@ -466,11 +467,11 @@ def _next_run_id(runs):
 
 def _rebuild_summary(workbook):
     """Mean ± sample std over the runs (seeds) of each setting (SUMMARY_KEYS: a study, or rows without one, split by
-    dataset, method, backbone, crop size, aug and epochs); hardware does not split them."""
+    dataset, method, backbone, crop size, aug, mixing and epochs); hardware does not split them."""
     groups, references = {}, {}
     for record in _records(workbook["runs"]):
         groups.setdefault(_setting(record), []).append(record)
-        references.setdefault(_comparison(_setting(record)), _setting(record))  # the first run's aug
+        references.setdefault(_comparison(_setting(record)), _setting(record))  # the first run's aug and mixing
     stats = [f"{metric}_{stat}" for metric in SUMMARY_METRICS for stat in ("mean", "std", "n")]
     sheet = _new_table(workbook, "summary", [*SUMMARY_KEYS, "runs", "seeds", *stats, *PAIRED_COLUMNS])
     for key in sorted(groups, key=lambda key: [_sort_key(value) for value in key]):
@@ -486,7 +487,7 @@ def _rebuild_summary(workbook):
         reference = references[_comparison(key)]
         paired = None if reference == key else paired_difference(_by_seed(records), _by_seed(groups[reference]))
         if paired is not None:
-            row += [reference[SUMMARY_KEYS.index("aug")], paired.pairs, _rounded(paired.mean),
+            row += [_compared_label(reference), paired.pairs, _rounded(paired.mean),
                     *(None if v is None else _rounded(v) for v in (paired.low, paired.high)),
                     ("yes" if paired.excludes_zero else "no") if paired.low is not None else None]
         _append_by_header(sheet, dict(zip(_header(sheet), row)))
@@ -500,8 +501,14 @@ def _setting(record):
 
 
 def _comparison(setting):
-    """The settings compared seed by seed: the same in every summary key but the aug."""
-    return tuple(value for name, value in zip(SUMMARY_KEYS, setting) if name != "aug")
+    """The settings compared seed by seed: the same in every summary key but the aug and the mixing."""
+    return tuple(value for name, value in zip(SUMMARY_KEYS, setting) if name not in COMPARED_KEYS)
+
+
+def _compared_label(setting):
+    """What a comparison's reference is, in the `vs` column: its aug, and its mixing if it mixes."""
+    aug, mix = (setting[SUMMARY_KEYS.index(name)] for name in COMPARED_KEYS)
+    return aug if mix is None else f"{aug}, mix {mix}"
 
 
 def _by_seed(records, metric="knn_top1_final"):

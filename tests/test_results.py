@@ -242,7 +242,7 @@ def test_summary_pairs_each_aug_with_the_first_by_seed(tmp_path):
             results.append_run(path, make_run(aug=aug, seed=seed, knn_top1_final=final), [])
     results.append_run(path, make_run(aug="ours", seed=0, epochs=200, knn_top1_final=90.0), [])  # another comparison
     summary = {(r["aug"], r["epochs"]): r for r in records(openpyxl.load_workbook(path)["summary"])}
-    assert all(summary[key]["vs_aug"] is None for key in [("original", 3), ("ours", 200)])  # the references
+    assert all(summary[key]["vs"] is None for key in [("original", 3), ("ours", 200)])  # the references
 
     def interval(differences):
         mean = sum(differences) / 3
@@ -250,10 +250,26 @@ def test_summary_pairs_each_aug_with_the_first_by_seed(tmp_path):
         return round(mean, 2), round(mean - half, 2), round(mean + half, 2)
 
     ours, clahe = summary[("ours", 3)], summary[("ours-clahe", 3)]
-    assert (ours["vs_aug"], ours["pairs"], ours["ci_excludes_0"]) == ("original", 3, "no")
+    assert (ours["vs"], ours["pairs"], ours["ci_excludes_0"]) == ("original", 3, "no")
     assert (ours["knn_final_diff"], ours["knn_final_diff_low"], ours["knn_final_diff_high"]) == interval([2.0, 3.5, 0.5])
     assert (clahe["knn_final_diff"], clahe["knn_final_diff_low"], clahe["knn_final_diff_high"]) == interval([4.0, 2.5, 3.0])
     assert clahe["ci_excludes_0"] == "yes"
+
+
+def test_summary_keeps_mixing_runs_apart_and_pairs_them_with_the_plain_runs(tmp_path):
+    """--mix runs of a setting are their own group, compared seed by seed with the setting's first (plain) runs."""
+    path = tmp_path / "results.xlsx"
+    for mix, finals in ((None, [70.0, 71.0]), ("imix 1", [72.0, 71.5]), ("unmix 1", [69.0, 70.0])):
+        for seed, final in enumerate(finals):
+            results.append_run(path, make_run(aug="ours", mix=mix, seed=seed, knn_top1_final=final), [])
+    summary = {r["mix"]: r for r in records(openpyxl.load_workbook(path)["summary"])}
+    assert summary[None]["knn_top1_final_mean"] == 70.5 and summary[None]["vs"] is None
+    assert (summary["imix 1"]["vs"], summary["imix 1"]["pairs"], summary["imix 1"]["knn_final_diff"]) == ("ours", 2, 1.25)
+    assert summary["unmix 1"]["knn_final_diff"] == -1.0
+    results.append_run(path, make_run(aug="original", mix="imix 1", seed=0, study="other", knn_top1_final=60.0), [])
+    results.append_run(path, make_run(aug="ours", seed=0, study="other", knn_top1_final=61.0), [])
+    (later,) = [r for r in records(openpyxl.load_workbook(path)["summary"]) if r["study"] == "other" and r["vs"]]
+    assert (later["aug"], later["mix"], later["vs"], later["knn_final_diff"]) == ("ours", None, "original, mix imix 1", 1.0)
 
 
 def test_summary_never_mixes_two_studies_or_backbones(tmp_path):
