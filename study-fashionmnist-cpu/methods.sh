@@ -10,7 +10,7 @@ common=(--dataset fashionmnist --width 0.25 --crop-size 28 --batch-size 64 --epo
         --linear-epochs 100 --linear-protocol probe --grid ours --baselines --study fashionmnist-cpu)
 declare -A recipe=(
   [moco]="--bn-splits 2 --lr 0.06 --no-cos --moco-k 4096"
-  [swav]="--proj-hidden 512 --prototypes 100 --local-crops 4"
+  [swav]="--proj-hidden 512 --prototypes 100 --local-crops 4 --freeze-prototypes-steps 0 --queue-length 1920 --queue-start 1"
   [simsiam]="--proj-dim 512 --pred-hidden 128 --lr 0.06"
   [byol]="--proj-hidden 512 --pred-hidden 512"
   [simclr]="--lr 3e-3"
