@@ -33,6 +33,21 @@ def log_of(run_dir):
         return list(csv.DictReader(f))
 
 
+class Killed(Exception):
+    """Raised by a test's epoch callback: the run ends there as a kill would, after that epoch's checkpoint."""
+
+
+def kill_after_first_epoch(method, options, given):
+    """training.run of these (parsed) options, killed after its first epoch."""
+    import training
+
+    def kill(epoch, metrics):
+        raise Killed
+
+    with pytest.raises(Killed):
+        training.run(method, options, on_epoch=kill, given=given)
+
+
 def error_of(argv, capsys, main):
     """Run a door as `python <door>.py` would; assert it ends in exit code 2 with one `error:` line and no traceback,
     and return that line."""

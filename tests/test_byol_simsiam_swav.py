@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import error_of, log_of, method_options, sheet_rows
+from conftest import error_of, kill_after_first_epoch, log_of, method_options, sheet_rows
 
 import methods
 import pretrain
@@ -242,10 +242,6 @@ def test_each_new_method_trains_end_to_end_through_pretrain(tmp_path, method, ex
 
 # ---------------------------------------------------------------- exact resume
 
-class Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("method,extra", [
     ("byol", []),
     ("swav", ["--local-crops", "2", "--queue-length", "32", "--queue-start", "0", "--freeze-prototypes-steps", "1"]),
@@ -256,13 +252,7 @@ def test_bare_resume_continues_exactly(tmp_path, method, extra):
                 "--results", str(tmp_path / "r.xlsx"), "--results-dir", str(tmp_path / name)]
 
     pretrain.main(argv("straight"))
-    chosen, options, given = pretrain.parse_args(argv("killed"))
-
-    def kill(epoch, metrics):
-        raise Killed
-
-    with pytest.raises(Killed):
-        training.run(chosen, options, on_epoch=kill, given=given)
+    kill_after_first_epoch(*pretrain.parse_args(argv("killed")))
     pretrain.main(["--method", method, "--resume", str(tmp_path / "killed" / "checkpoint_last.pth")])
     loss = [float(log_of(tmp_path / name)[1]["loss"]) for name in ("straight", "killed")]
     assert loss[1] == pytest.approx(loss[0], rel=1e-4)

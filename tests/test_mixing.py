@@ -5,10 +5,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import error_of, log_of, method_options, sheet_rows
+from conftest import error_of, kill_after_first_epoch, log_of, method_options, sheet_rows
 
 import pretrain
-import training
 from losses import contrast_cross_entropy, moco_infonce
 from methods import BYOL, SimSiam, SwAV
 from mixing import Draw, Mixer
@@ -118,10 +117,6 @@ def test_every_method_mixes_end_to_end_through_pretrain(tmp_path, method, kind, 
     assert row["mix"] == record["mix"] == f"{kind} 0.5" and row["knn_top1_final"] is not None
 
 
-class Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("method,kind,extra", [("moco", "imix", ["--moco-k", "64", "--bn-splits", "2"]),
                                                ("simclr", "unmix", [])])
 def test_a_mixing_run_resumed_bare_gives_the_same_loss(tmp_path, method, kind, extra):
@@ -130,13 +125,7 @@ def test_a_mixing_run_resumed_bare_gives_the_same_loss(tmp_path, method, kind, e
                 str(tmp_path / "r.xlsx"), "--results-dir", str(tmp_path / name)]
 
     pretrain.main(argv("straight"))
-    chosen, options, given = pretrain.parse_args(argv("killed"))
-
-    def kill(epoch, metrics):
-        raise Killed
-
-    with pytest.raises(Killed):
-        training.run(chosen, options, on_epoch=kill, given=given)
+    kill_after_first_epoch(*pretrain.parse_args(argv("killed")))
     pretrain.main(["--method", method, "--resume", str(tmp_path / "killed" / "checkpoint_last.pth")])
     losses = [float(log_of(tmp_path / name)[-1]["loss"]) for name in ("straight", "killed")]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)

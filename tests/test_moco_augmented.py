@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import error_of, log_of, sheet_rows, write_cifar10, write_image_folder
+from conftest import error_of, kill_after_first_epoch, log_of, sheet_rows, write_cifar10, write_image_folder
 
 import methods
 import moco_augmented
-import training
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--width", "0.25", "--dataset", "synthetic", "--subset", "64", "--batch-size", "32", "--moco-k", "64",
@@ -65,19 +64,11 @@ def test_logged_lr_is_the_demo_value_of_each_epoch(tmp_path):
     assert lrs == pytest.approx([0.06 * 0.5 * (1 + 0.0), 0.0], abs=1e-12)  # demo epochs 1 and 2 of 2: cos(pi/2), cos(pi)
 
 
-class Killed(Exception):
-    pass
-
-
 def killed_after_epoch_1(tmp_path, *extra, name):
-    """A 2-epoch run killed after its first epoch (its epoch callback raises, as a kill would end it)."""
-    def kill(epoch, metrics):
-        raise Killed
-
+    """A 2-epoch run killed after its first epoch."""
     options, given = moco_augmented.parse_args([*TINY, "--epochs", "2", "--results", str(tmp_path / "results.xlsx"),
                                                 "--results-dir", str(tmp_path / name), *extra])
-    with pytest.raises(Killed):
-        training.run(methods.MoCo, options, on_epoch=kill, given=given)
+    kill_after_first_epoch(methods.MoCo, options, given)
     return tmp_path / name
 
 
