@@ -197,17 +197,19 @@ def swav_loss(scores_list, codes_list, temperature=0.1):
     num_views = len(scores_list)
     if not 1 <= len(codes_list) <= num_views or num_views < 2:
         raise ValueError(f"need 2+ views and 1..V code views, got V={num_views}, C={len(codes_list)}")
-    loss = 0
-    for c, codes in enumerate(codes_list):
-        cross = sum(code_cross_entropy(scores_list[v], codes, temperature).mean() for v in range(num_views) if v != c)
-        loss = loss + cross / (num_views - 1)
-    return loss / len(codes_list)
+    with full_precision(scores_list[0]):
+        log_probs = [F.log_softmax(upcast(s) / temperature, dim=1) for s in scores_list]
+        loss = 0
+        for c, codes in enumerate(codes_list):
+            cross = sum(code_cross_entropy(log_probs[v], codes).mean() for v in range(num_views) if v != c)
+            loss = loss + cross / (num_views - 1)
+        return loss / len(codes_list)
 
 
-def code_cross_entropy(scores, codes, temperature=0.1):
-    """(B,) −Σ_k q[b, k] · log softmax(scores[b] / T)[k]: one view's prediction of another's codes (detached)."""
-    with full_precision(scores):
-        return -(upcast(codes.detach()) * F.log_softmax(upcast(scores) / temperature, dim=1)).sum(dim=1)
+def code_cross_entropy(log_probs, codes):
+    """(B,) −Σ_k q[b, k] · log_probs[b, k]: one view's prediction (log softmax(scores / T)) of another's codes
+    (detached)."""
+    return -(upcast(codes.detach()) * log_probs).sum(dim=1)
 
 
 def _negative_similarities(q, queue, extra_negatives):

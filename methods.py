@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cli import UserError
-from losses import (byol_loss, code_cross_entropy, contrast_cross_entropy, debiased_infonce, mochi_negatives,
-                    moco_infonce, negative_cosine, nt_xent, sinkhorn, swav_loss)
+from losses import (byol_loss, code_cross_entropy, contrast_cross_entropy, debiased_infonce, full_precision,
+                    mochi_negatives, moco_infonce, negative_cosine, nt_xent, sinkhorn, swav_loss, upcast)
 from mixing import Mixer
 from models import build_backbone, ema_update, gather_all, momentum_copy, projection_head
 from optim import OPTIMIZERS, demo_lr, lr_at
@@ -325,10 +325,11 @@ class SimCLR(Method):
         self.head = f"mlp {width}-{opts.projection_dim}"
 
     def forward(self, views, labels=None):
-        z2 = gather_all(self.projection(self.backbone(views[1])), with_grad=True)
-        loss = 0.0
-        if not self.mixed_only:
-            loss = nt_xent(gather_all(self.projection(self.backbone(views[0])), with_grad=True), z2, self.temperature)
+        # the plain path in its earlier order of operations: a run without --mix stays bit-for-bit what it was
+        z1 = None if self.mixed_only else self.projection(self.backbone(views[0]))
+        z2 = self.projection(self.backbone(views[1]))
+        z1, z2 = (None if z1 is None else gather_all(z1, with_grad=True)), gather_all(z2, with_grad=True)
+        loss = 0.0 if z1 is None else nt_xent(z1, z2, self.temperature)
         draw = self.draw_mix(views[0])
         if draw is not None:  # i-Mix's N-pair form: the mixed view against the other view's projections (every process's)
             mixed, lam = draw.images(views[0])
@@ -464,11 +465,11 @@ class BYOL(Method):
     def forward(self, views, labels=None):
         self.update_target()
         predict = lambda images: self.prediction_mlp(self.online(images))
+        p1 = None if self.mixed_only else predict(views[0])  # the plain path in its earlier order of operations
+        p2 = predict(views[1])
         with torch.no_grad():
             z1, z2 = (self.target(v) for v in views)
-        loss = byol_loss(predict(views[1]), z1)
-        if not self.mixed_only:
-            loss = loss + byol_loss(predict(views[0]), z2)
+        loss = byol_loss(p2, z1) if p1 is None else byol_loss(p1, z2) + byol_loss(p2, z1)
         draw = self.draw_mix(views[0])
         if draw is not None:  # the mixed view's prediction toward both sources' target projections
             mixed, lam = draw.images(views[0])
@@ -521,9 +522,11 @@ class SimSiam(Method):
 
     def forward(self, views, labels=None):
         z1, z2 = (self.projector(self.backbone(v)) for v in views)
-        loss = negative_cosine(self.prediction_mlp(z2), z1) / 2
-        if not self.mixed_only:
-            loss = loss + negative_cosine(self.prediction_mlp(z1), z2) / 2
+        if self.mixed_only:  # i-Mix: view 0's direction is the mixed view's, below
+            loss = negative_cosine(self.prediction_mlp(z2), z1) / 2
+        else:  # the plain path in its earlier order of operations
+            p1, p2 = self.prediction_mlp(z1), self.prediction_mlp(z2)
+            loss = negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
         draw = self.draw_mix(views[0])
         if draw is not None:  # the mixed view's prediction toward both sources' projections
             mixed, lam = draw.images(views[0])
@@ -642,9 +645,11 @@ class SwAV(Method):
         if draw is not None:
             mixed = [draw.images(v) for v in views]
             mixed_scores = F.linear(self.embed([images for images, _ in mixed]), weight).chunk(len(views))
+            with full_precision(weight):
+                log_probs = [F.log_softmax(upcast(s) / self.temperature, dim=1) for s in mixed_scores]
             pairs = [(c, v) for c in range(len(codes)) for v in range(len(views)) if v != c]
-            loss = loss + sum(draw.loss(lambda t: code_cross_entropy(mixed_scores[v], codes[c][t], self.temperature),
-                                        mixed[v][1]) for c, v in pairs) / len(pairs)
+            loss = loss + sum(draw.loss(lambda t: code_cross_entropy(log_probs[v], codes[c][t]), mixed[v][1])
+                              for c, v in pairs) / len(pairs)
         return loss
 
     def embed(self, views):
