@@ -12,7 +12,7 @@ import runtime
 import run_options
 import checkpoints
 from cli import UserError
-from methods import METHODS, MoCo, SimCLR, Supervised
+from methods import METHODS, Method, MoCo, SimCLR, Supervised
 
 TINY = dict(width=0.25, dataset="synthetic", subset=64, batch_size=32, moco_k=64, bn_splits=2, workers=0,
             linear_epochs=0)
@@ -172,16 +172,13 @@ def test_a_queue_as_long_as_the_training_set_is_noted(tmp_path, capsys):
 
 def test_the_progress_bar_shows_the_epochs_running_mean_loss(capsys):
     """The bar used to show an early step's loss (0.0655) while the epoch's mean was 3.59. Step i's loss here is i."""
-    class StepLoss(torch.nn.Module):
+    class StepLoss(Method):
         def __init__(self):
             super().__init__()
             self.weight = torch.nn.Parameter(torch.zeros(()))
 
         def forward(self, images, labels):
             return self.weight * 0 + images.float().mean()
-
-        def before_step(self, epoch, step, steps_per_epoch, epochs):
-            pass
 
     model = StepLoss()
     batches = [(torch.full((2, 3, 4, 4), float(i)), torch.zeros(2, dtype=torch.long)) for i in range(25)]
