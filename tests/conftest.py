@@ -199,19 +199,24 @@ def needs(what, found):
 
 # --- PostgreSQL: a throwaway server (initdb in a temp dir, loopback, a free port) ---------------------------------
 
+def free_port():
+    """A loopback port nothing listens on (now)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class PostgresServer:
     """Debian's PostgreSQL binaries run as an unprivileged user (postgres refuses root): `initdb` into a fresh temp
     dir, a server on 127.0.0.1 at a free port with trust authentication, stopped and started at will."""
 
     def __init__(self, bin_dir):
-        import socket
         import tempfile
         self.bin_dir = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="pg-"))  # not under pytest's 0700 tmp: the server user reads it
         self.data, self.log = self.root / "data", self.root / "server.log"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.as_user = []
         if os.geteuid() == 0:  # CI runs as root: the package's `postgres` system user runs the server
             import shutil

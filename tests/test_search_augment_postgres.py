@@ -5,7 +5,6 @@ The server is conftest's throwaway one (initdb in a temp dir, 127.0.0.1, a free 
 its own. Under CI=true these tests run, never skip (.ci/run installs postgresql and chromium-headless-shell)."""
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import cv2
 import optuna
-from conftest import TINY_SEARCH, error_of, needs, sheet_rows, start_search
+from conftest import TINY_SEARCH, error_of, free_port, needs, sheet_rows, start_search
 
 import search_augment
 
@@ -104,19 +103,11 @@ def test_postgres_server_stopped_mid_search_is_one_error_line_and_the_same_comma
 
 
 def test_postgres_a_storage_that_cannot_be_reached_is_one_line_with_its_password_masked(tmp_path, capsys):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"postgresql+psycopg://search:s3cret@127.0.0.1:{port}/nothing"
     line = error_of(search_argv(tmp_path, url, 1), capsys, search_augment.main)
     assert line.startswith(f"error: cannot open the study in --storage postgresql+psycopg://search:***@127.0.0.1:{port}")
     assert "s3cret" not in line
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_dashboard_serves_a_postgres_study_page_that_chromium_renders(postgres, tmp_path):
