@@ -60,7 +60,7 @@ class Draw:
         y0, x0 = round(top * side_h), round(left * side_w)
         y1, x1 = min(side_h, y0 + round(height * side_h)), min(side_w, x0 + round(width * side_w))
         mixed = x.clone()
-        mixed[..., y0:y1, x0:x1] = x[self.perm][..., y0:y1, x0:x1]
+        mixed[..., y0:y1, x0:x1] = x[..., y0:y1, x0:x1][self.perm]  # only the box is gathered
         lam = 1 - (y1 - y0) * (x1 - x0) / (side_h * side_w)
         return mixed, torch.full_like(self.lam, lam)
 
