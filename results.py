@@ -1,22 +1,17 @@
 """The lab notebook results.xlsx: every training run appends a row and its per-epoch curves, which refresh the chart,
 the summary over seeds and the args sheet; augmentation searches append their trials to the `search` sheet."""
-import contextlib
 import csv
 import datetime
-import hashlib
 import json
 import math
 import os
 import re
-import secrets
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
-import filelock
 import openpyxl
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.chart import Reference, ScatterChart, Series
@@ -24,6 +19,7 @@ from openpyxl.styles import Alignment, Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.properties import PageSetupProperties
 
+import workbook_store
 from cli import UserError
 from stats import paired_difference
 
@@ -64,43 +60,17 @@ CONTENT_WIDTHS = {  # characters the usual values need; a column is at least as 
 CONFIG_WIDTH = 60  # the reference sheet's config column; longer configs wrap
 ARGS_WIDTHS = {"policy": 50, "method_options": 40, "args": 100}
 PRINT_WIDTH_PER_PAGE = 150  # column-width units per landscape page: fitting more shrinks the print below ~80 %
-LOCK_TIMEOUT_S = 120
 CHART_MAX_SETTINGS = 10
 CHART_DATA_COLUMNS = ["setting", "epoch", "knn_top1_mean", "runs"]
 CHART_DATA_AT = 19  # column S: right of the 27 x 17 cm chart, which covers about A1:M39 in LibreOffice
 CHART_PRINT_AREA = "A1:M40"
 HEADER_FONT = Font(name="Calibri", size=11, bold=True)  # bold alone falls back to a serif font in LibreOffice
-SEED_CURVES_CSV = Path(__file__).resolve().parent / "reference" / "seed_moco_cifar10_knn.csv"
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+PUBLISHED_CSV = REFERENCE_DIR / "published.csv"  # the repo's one copy of every published number, with its source
+SEED_CURVES_CSV = REFERENCE_DIR / "seed_moco_cifar10_knn.csv"
 
-_MOCO = "facebookresearch/moco Colab demo (moco_cifar10_demo)"
-_SEED = "seed augmentation study (soonwonh/Modified-Moco, Moco_Cifar10.xlsx)"
-_MOCO_SETUP = "ResNet-18 CIFAR stem, batch 512, lr 0.06 cosine, K=4096, m=0.99, T=0.1, bn-splits 8"
-_KNN = "kNN top-1 (k=200, t=0.1)"
-# Transcribed from reference/REFERENCE.md; tests/test_results.py checks every number against that file.
-PUBLISHED = [
-    *[(_MOCO, "MoCo-v1", "CIFAR-10", f"{loss} loss; {_MOCO_SETUP}", epochs, _KNN, value)
-      for loss, values in (("asymmetric", (82.6, 86.3, 88.7)), ("symmetric", (85.3, 88.5, 89.7)))
-      for epochs, value in zip((200, 400, 800), values)],
-    (_MOCO, "MoCo-v1", "CIFAR-10", f"linear probe of the 800-ep symmetric model (lr 30, wd 0, 100 ep); {_MOCO_SETUP}",
-     800, "linear top-1", 90.7),
-    (_SEED, "MoCo-v1", "CIFAR-10", f"original 4 transforms (torchvision); {_MOCO_SETUP}", 200, _KNN, 82.19),
-    (_SEED, "MoCo-v1", "CIFAR-10", "7 transforms: + Solarize p=.2, CLAHE p=.2, RandomBrightnessContrast p=.2 "
-     f"(Albumentations); {_MOCO_SETUP}", 200, _KNN, 85.01),
-    ("solo-learn", "SimCLR", "CIFAR-10", "ResNet-18", 1000, "linear top-1", 90.74),
-    ("solo-learn", "MoCo-v2+", "CIFAR-10", "ResNet-18", 1000, "linear top-1", 92.94),
-    ("lightly (CIFAR-10 benchmark, batch 512)", "MoCo", "CIFAR-10", "ResNet-18", 200, "kNN top-1", 85),
-    ("lightly (CIFAR-10 benchmark, batch 512)", "SimCLR", "CIFAR-10", "ResNet-18", 200, "kNN top-1", 83),
-    ("SimCLR paper (Chen et al. 2020), Appendix B.9", "SimCLR ResNet-50", "CIFAR-10", "ResNet-50", 1000,
-     "linear top-1", 94.0),
-    *[("lightly docs, getting_started/benchmarks (batch 512, kNN k=200, best epoch)", method, "CIFAR-10", "ResNet-18",
-       epochs, "kNN top-1", value)
-      for method, values in (("BYOL", (86.8, 91.0)), ("SwAV", (84.2, 88.4)), ("SimSiam", (76.4, 90.4)))
-      for epochs, value in zip((200, 800), values)],
-    *[("solo-learn README (online linear)", method, "CIFAR-10", "ResNet-18", 1000, "linear top-1", value)
-      for method, value in (("BYOL", 92.58), ("SwAV", 89.17), ("SimSiam", 90.51))],
-]
-SEED_SERIES = [("original_knn_top1", "seed study: original 4 transforms (82.19 @ ep 200)"),
-               ("ours7_knn_top1", "seed study: 7 transforms (85.01 @ ep 200)")]
+SEED_SERIES = [("original_knn_top1", "seed study: original 4 transforms"),
+               ("ours7_knn_top1", "seed study: 7 transforms")]
 
 
 def run_row(*, script, method, options, dataset_info, crop_size, views, optimizer, lr, precision, world_size, history,
@@ -145,37 +115,20 @@ def default_path():
     return Path(__file__).resolve().parent / "results.xlsx"
 
 
+
+
+
 def check_writable(path):
-    """Before training: fail now, with UserError, if the workbook could not be written at the end. Writes and removes
-    one temp file beside it (os.access says yes to root where writing fails, e.g. in /proc); touches nothing else."""
+    """Before training: fail now, with UserError, if the workbook could not take this run's row at the end (the file
+    or its folder, or a workbook of another layout); warn if a spreadsheet app has it open."""
     path = Path(os.path.realpath(path))
-    problem = None
-    if path.suffix.lower() != ".xlsx":  # a .csv or .txt of the user's would otherwise be moved aside as corrupt
-        problem = "its name does not end in .xlsx"
-    elif path.is_dir():
-        problem = "it is a directory"
-    elif not path.parent.exists():
-        problem = f"its directory {path.parent} does not exist"
-    elif not path.parent.is_dir():
-        problem = f"{path.parent} is not a directory"
-    else:
-        probe, target = _temp_name(path), f"its directory {path.parent}"  # the final temp file + rename needs it
-        try:
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            os.unlink(probe)
-            if path.exists():
-                target = "the file"
-                os.close(os.open(path, os.O_WRONLY))  # no O_TRUNC: opening for writing changes nothing
-        except OSError as error:
-            problem = f"{target} is not writable ({error.strerror})"
-    if not problem and path.exists():
-        problem = _foreign_layout(path)
-    app = None if problem else app_lock(path)
+    problem = workbook_store.writable_problem(path) or (_foreign_layout(path) if path.exists() else None)
+    if problem:
+        raise UserError(f"cannot write the results workbook {path}: {problem} (choose another with --results PATH)")
+    app = workbook_store.app_lock(path)
     if app:
         print(f"warning: {path} is open in a spreadsheet app ({app.name}); close it before this run ends, "
               "or its row goes to a side file that the next run folds back in", file=sys.stderr)
-    if problem:
-        raise UserError(f"cannot write the results workbook {path}: {problem} (choose another with --results PATH)")
 
 
 def _foreign_layout(path):
@@ -208,7 +161,7 @@ def append_run(path, run, curves):
         _rebuild_run_sheets(workbook)
         return run_id
 
-    return _update_workbook(path, add, {"run": row, "curves": points}, "this run's row and curves")
+    return _update(path, add, {"run": row, "curves": points}, "this run's row and curves")
 
 
 def _add_run(workbook, row, points):
@@ -242,65 +195,45 @@ def append_search_trials(path, trials):
     rows = [{"time": _now(), **{name: _cell_value(_one_line(value) if name == "policy" else value)
                                 for name, value in trial.items()}} for trial in trials]
 
-    _update_workbook(path, lambda workbook: _add_trials(workbook, rows), {"search_trials": rows}, "these search trials")
+    _update(path, lambda workbook: _add_trials(workbook, rows), {"search_trials": rows}, "these search trials")
+
+
+def _update(path, change, unsaved, unsaved_name):
+    """change(workbook) in the store, the sheets this repo needs added first and earlier unsaved rows folded in."""
+    return workbook_store.update(path, change, unsaved, unsaved_name, check=check_writable, complete=_complete,
+                                 fold=_fold_unsaved)
+
+
+def _complete(workbook):
+    """The sheets every write needs: `runs` (in the current layout while it has no runs), `curves`, and `reference`
+    as published.csv has it."""
+    if "runs" not in workbook.sheetnames or workbook["runs"].max_row == 1:
+        older = _header(workbook["runs"]) if "runs" in workbook.sheetnames else []
+        _new_table(workbook, "runs", RUN_COLUMNS + [name for name in older if name and name not in RUN_COLUMNS])
+    if "curves" not in workbook.sheetnames:
+        _new_table(workbook, "curves", CURVE_COLUMNS, orientation="portrait")  # narrow and long
+    _add_reference_sheet(workbook)  # rebuilt on every write: published.csv may have gained rows
+
+
+def _fold_unsaved(workbook, records):
+    """The rows of earlier failed writes (the store's unsaved records), added as they would have been."""
+    for record in records:
+        if "run" in record:
+            _add_run(workbook, record["run"], record.get("curves", []))
+        if "search_trials" in record:
+            _add_trials(workbook, record["search_trials"])
+    if any("run" in record for record in records):
+        _rebuild_run_sheets(workbook)
 
 
 def _now():
     return datetime.datetime.now().isoformat(timespec="seconds")
 
 
-def _update_workbook(path, change, unsaved, unsaved_name):
-    """Under the lock: load (or start) the workbook, change(workbook), save atomically; return what change returned.
-    If anything fails, `unsaved` (this call's numbers) goes to a JSON file beside the workbook, and the error is raised
-    (an OSError or UserError as one UserError naming that file)."""
-    path = Path(os.path.realpath(path))
-    try:
-        app = app_lock(path)
-        if app:
-            raise UserError(f"it is open in a spreadsheet app ({app.name} beside it), which would overwrite a row "
-                            "written now when it saves; close it, and the next run folds the saved rows back in")
-        with _locked(path):
-            check_writable(path)
-            workbook = _load_or_start(path)
-            folded = _fold_unsaved(workbook, path)
-            result = change(workbook)
-            _save_atomically(workbook, path)
-        for unsaved_file in folded:
-            unsaved_file.unlink()
-        if folded:
-            print(f"results: folded {len(folded)} earlier unsaved file(s) back into {path}: "
-                  f"{', '.join(f.name for f in folded)}")
-        return result
-    except BaseException as error:  # whatever went wrong, the numbers must survive
-        fallback = _save_fallback(path, unsaved, error)
-        if isinstance(error, (OSError, UserError)):
-            raise UserError(f"could not write the results workbook {path} ({error}); "
-                            f"{unsaved_name} were saved to {fallback}") from error
-        print(f"results: could not write {path}; {unsaved_name} were saved to {fallback}", file=sys.stderr)
-        raise
 
 
-def _lock(path):
-    # Not beside the workbook: the lock file would stay in the user's folder (unlinking it on release races with a
-    # waiting writer). The temp dir holds one per workbook, named by its resolved path; 0o666 so other users can lock.
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:24]
-    lock_path = Path(tempfile.gettempdir()) / f"results-xlsx-{digest}.lock"
-    return filelock.FileLock(str(lock_path), timeout=LOCK_TIMEOUT_S, mode=0o666)
 
 
-@contextlib.contextmanager
-def _locked(path):
-    """The workbook's lock; a writer that has to wait says so, once, instead of hanging silently."""
-    lock = _lock(path)
-    try:
-        lock.acquire(timeout=1)
-    except filelock.Timeout:
-        print(f"results: waiting up to {LOCK_TIMEOUT_S} s for {path}, which another run is writing", file=sys.stderr)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _one_line(value):
@@ -327,35 +260,6 @@ def _cell_value(value):
     return value
 
 
-def _load_or_start(path):
-    workbook = None
-    if path.exists():
-        try:
-            workbook = openpyxl.load_workbook(path)
-        except OSError:
-            raise  # unreadable is not corrupt: never move a workbook aside for a permission problem
-        except Exception as error:
-            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            aside = path.with_name(f"{path.stem}.corrupt-{stamp}{path.suffix}")
-            for n in range(1, 1000):
-                if not aside.exists():
-                    break
-                aside = path.with_name(f"{path.stem}.corrupt-{stamp}-{n}{path.suffix}")
-            os.replace(path, aside)
-            reason = " ".join(f"{type(error).__name__}: {error}".split())
-            print(f"note: {path} could not be read as a workbook ({reason}); moved it to {aside} and started a new one",
-                  file=sys.stderr)
-    if workbook is None:
-        workbook = openpyxl.Workbook()
-        workbook.remove(workbook.active)
-    if "runs" not in workbook.sheetnames or workbook["runs"].max_row == 1:  # no runs yet: take the current layout
-        older = _header(workbook["runs"]) if "runs" in workbook.sheetnames else []
-        _new_table(workbook, "runs", RUN_COLUMNS + [name for name in older if name and name not in RUN_COLUMNS])
-    if "curves" not in workbook.sheetnames:
-        _new_table(workbook, "curves", CURVE_COLUMNS, orientation="portrait")  # narrow and long
-    if "reference" not in workbook.sheetnames:
-        _add_reference_sheet(workbook)
-    return workbook
 
 
 def _new_table(workbook, name, columns, orientation="landscape"):
@@ -396,9 +300,20 @@ def _set_print_layout(sheet, orientation="landscape"):
     sheet.page_setup.fitToWidth, sheet.page_setup.fitToHeight = 1, 0  # 0: as many pages tall as needed
 
 
+def published():
+    """The rows of reference/published.csv (REFERENCE_COLUMNS; epochs an int, value a float)."""
+    with open(PUBLISHED_CSV, newline="") as file:
+        reader = csv.DictReader(file)
+        if reader.fieldnames != REFERENCE_COLUMNS:
+            raise ValueError(f"{PUBLISHED_CSV}: columns {reader.fieldnames}, expected {REFERENCE_COLUMNS}")
+        return [[*(row[name] for name in REFERENCE_COLUMNS[:4]), int(row["epochs"]), row["metric"],
+                 float(row["value"])] for row in reader]
+
+
 def _add_reference_sheet(workbook):
-    sheet = workbook.create_sheet("reference", _sheet_position(workbook, "reference"))
-    for values in [REFERENCE_COLUMNS, *PUBLISHED]:
+    sheet = _replace_sheet(workbook, "reference")
+    numbers = published()
+    for values in [REFERENCE_COLUMNS, *numbers]:
         sheet.append(values)
     curves_at = len(REFERENCE_COLUMNS) + 2  # the seed curves sit to the right of the table, one blank column between
     try:
@@ -415,7 +330,7 @@ def _add_reference_sheet(workbook):
         sheet.column_dimensions[cell.column_letter].width = len(str(cell.value)) + 3
     for letter, width in (("A", 72), ("B", 16), ("C", 10), ("D", CONFIG_WIDTH), ("F", 24)):
         sheet.column_dimensions[letter].width = width
-    for r in range(2, len(PUBLISHED) + 2):  # a long config wraps in its cell instead of being cut at the next column
+    for r in range(2, len(numbers) + 2):  # a long config wraps in its cell instead of being cut at the next column
         sheet.cell(r, 4).alignment = Alignment(wrap_text=True, vertical="top")
         sheet.row_dimensions[r].height = 15 * math.ceil(len(str(sheet.cell(r, 4).value)) / CONFIG_WIDTH)
     sheet.freeze_panes, sheet.print_title_rows = "A2", "1:1"
@@ -630,67 +545,3 @@ def _add_series(chart, sheet, x_col, y_col, first, last, title, marker=False):
     if marker:
         series.marker.size = 6
     chart.series.append(series)
-
-
-def _temp_name(path):
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def _save_atomically(workbook, path):
-    temp = _temp_name(path)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & umask, like a normal save
-    try:
-        with os.fdopen(fd, "wb") as file:
-            workbook.save(file)
-            file.flush()
-            os.fsync(file.fileno())
-        if path.exists():
-            os.chmod(temp, path.stat().st_mode & 0o7777)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def app_lock(path):
-    """The lock file LibreOffice (.~lock.NAME#) or Excel (~$NAME) keeps beside a workbook it has open, or None."""
-    path = Path(path)
-    return next((lock for lock in (path.with_name(f".~lock.{path.name}#"), path.with_name(f"~${path.name}"))
-                 if lock.exists()), None)
-
-
-def _fold_unsaved(workbook, path):
-    """Add the rows of earlier failed writes (`.unsaved-*.json` beside the workbook, for this workbook) to it; return
-    their files, to be removed once the workbook is saved."""
-    folded, runs_folded = [], False
-    for unsaved_file in sorted(path.parent.glob(f"{path.stem}.unsaved-*.json")):
-        try:
-            record = json.loads(unsaved_file.read_text())
-        except (OSError, ValueError):
-            continue  # not ours to judge: left where it is
-        if record.get("workbook") != str(path):
-            continue
-        if "run" in record:
-            _add_run(workbook, record["run"], record.get("curves", []))
-            runs_folded = True
-        if "search_trials" in record:
-            _add_trials(workbook, record["search_trials"])
-        folded.append(unsaved_file)
-    if runs_folded:
-        _rebuild_run_sheets(workbook)
-    return folded
-
-
-def _save_fallback(path, unsaved, error):
-    record = {"workbook": str(path), "error": f"{type(error).__name__}: {error}", **unsaved}
-    name = f"{path.stem}.unsaved-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}-{secrets.token_hex(2)}.json"
-    for folder in (path.parent, Path.cwd(), Path(tempfile.gettempdir())):
-        try:
-            with open(folder / name, "x") as file:
-                json.dump(record, file, indent=1, default=str)
-            return folder / name
-        except OSError:
-            continue
-    print(json.dumps(record, default=str), file=sys.stderr)
-    return "stderr (above)"
-
