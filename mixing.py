@@ -20,8 +20,6 @@ from dataclasses import dataclass
 
 import torch
 
-from cli import UserError
-
 MIX_KINDS = ("imix", "unmix")
 
 
@@ -30,16 +28,6 @@ def add_mix_options(parser):
                         help="mixing between views: imix (i-Mix, Lee et al. 2021) or unmix (Un-Mix, Shen et al. 2022)")
     parser.add_argument("--mix-alpha", type=float, default=1.0, metavar="A",
                         help="--mix: λ ~ Beta(A, A) (default 1, both papers' CIFAR setting)")
-
-
-def check_mix_options(method, opts):
-    if getattr(opts, "mix", None) is None:
-        return
-    if opts.mix_alpha <= 0:
-        raise UserError(f"--mix-alpha must be > 0, got {opts.mix_alpha}")
-    if not method.mixes:
-        takers = "moco, simclr, byol, simsiam, swav"
-        raise UserError(f"--mix {opts.mix}: {method.name} has no views to mix between (methods that mix: {takers})")
 
 
 @dataclass

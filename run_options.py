@@ -6,7 +6,7 @@ from cli import UserError
 from datasets import DATASETS
 from loading import default_workers
 from methods import METHODS
-from mixing import add_mix_options, check_mix_options
+from mixing import add_mix_options
 from models import ARCHS
 
 
@@ -105,8 +105,18 @@ def check_options(method, opts):
     if method.views is not None and method.views > 1 and opts.crops != method.views:
         raise UserError(f"--crops {opts.crops}: {method.name} trains on exactly {method.views} views of each image")
     check_local_crops(method, opts)
-    check_mix_options(method, opts)
+    check_mix(method, opts)
     method.check_options(opts)
+
+
+def check_mix(method, opts):
+    if getattr(opts, "mix", None) is None:
+        return
+    if opts.mix_alpha <= 0:
+        raise UserError(f"--mix-alpha must be > 0, got {opts.mix_alpha}")
+    if not method.mixes:
+        takers = ", ".join(name for name, m in METHODS.items() if m.mixes)
+        raise UserError(f"--mix {opts.mix}: {method.name} has no views to mix between (methods that mix: {takers})")
 
 
 def check_local_crops(method, opts):

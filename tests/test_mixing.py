@@ -135,7 +135,8 @@ def test_a_mixing_run_resumed_bare_gives_the_same_loss(tmp_path, method, kind, e
 
 @pytest.mark.parametrize("extra,message", [
     (["--method", "moco", "--mix", "imix", "--mix-alpha", "0"], "error: --mix-alpha must be > 0, got 0.0"),
-    (["--method", "supervised", "--mix", "unmix"], "error: --mix unmix: supervised has no views to mix between"),
+    (["--method", "supervised", "--mix", "unmix"],
+     "error: --mix unmix: supervised has no views to mix between (methods that mix: moco, simclr, byol, simsiam, swav)"),
     (["--method", "moco", "--mix", "imix", "--symmetric"], "error: --mix imix mixes MoCo's query view against its"),
     (["--method", "moco", "--mix", "cutout"], "argument --mix: invalid choice: 'cutout'"),
 ])
