@@ -96,5 +96,52 @@ for method, overrides in narrow.items():
     for p, g in zip(model.trainable_parameters(), full_grads):
         assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6), (method.name, (p.grad - g).abs().max())
 
+# Mixing (--mix): each process mixes within its own batch. Given the same pairs and λ (the full batch's permutation
+# made of the processes' own permutations, shifted to their rows), 2 processes x b give the loss and gradients of
+# 1 process x 2b for SimCLR's i-Mix (N-pair over every process's projections, virtual labels shifted by the rank),
+# BYOL, SimSiam and SwAV (each mixed image's loss depends on its two sources only; eval-mode BN as above), Mixup and
+# CutMix alike. Not for MoCo's i-Mix, whose virtual labels run over the process's own keys (kibok90/imix's per-GPU
+# form), and not for the draws themselves: Un-Mix's reverse order and i-Mix's random permutation pair images within a
+# process, so the pairs of 2 x b are never those of one 2b batch.
+import methods  # noqa: E402
+from mixing import Draw  # noqa: E402
+
+torch.manual_seed(30)  # the same draws on every rank
+perms = [torch.randperm(b) for _ in range(world)]
+lam = torch.rand(world * b)
+box = (0.25, 0.125, 0.5, 0.5)
+cases = [(methods.SimCLR, "imix", False, dict(projection_dim=16)), (BYOL, "imix", False, narrow[BYOL]),
+         (BYOL, "unmix", True, narrow[BYOL]), (SimSiam, "unmix", False, narrow[SimSiam]),
+         (SimSiam, "imix", False, narrow[SimSiam]), (SwAV, "unmix", True, narrow[SwAV]),
+         (SwAV, "imix", False, narrow[SwAV])]
+for method, kind, cutmix, overrides in cases:
+    options = default_options(method, bn_splits=1, width=0.25, mix=kind, mix_alpha=1.0, **overrides)
+    torch.manual_seed(0)
+    model = method(options, 10, True, 1).eval()
+    torch.manual_seed(0)
+    full = method(options, 10, True, 1).eval()
+    shared_lam = lam[:1].expand(world * b) if kind == "unmix" else lam  # Un-Mix: one λ per batch
+    model.draw_mix = lambda images: Draw(perms[rank], shared_lam[mine], cutmix, box)
+    full.draw_mix = lambda images: Draw(torch.cat([p + r * b for r, p in enumerate(perms)]), shared_lam, cutmix, box)
+    if method is SwAV:
+        full.world, full.rank = 1, 0
+    torch.manual_seed(20)
+    views = [torch.randn(world * b, 3, 16, 16) for _ in range(2)]
+    gather = methods.gather_all
+    methods.gather_all = lambda x, with_grad=False: x  # the reference is one process: SimCLR gathers nothing
+    full_loss = full(views)
+    methods.gather_all = gather
+    full_grads = torch.autograd.grad(full_loss, full.trainable_parameters())
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    loss = ddp([v[mine] for v in views])
+    loss.backward()
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    mean_loss /= world
+    case = f"{method.name} --mix {kind}{' (CutMix)' if cutmix else ''}"
+    assert torch.allclose(mean_loss, full_loss, atol=1e-5), (case, mean_loss, full_loss)
+    for p, g in zip(model.trainable_parameters(), full_grads):
+        assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6), (case, (p.grad - g).abs().max())
+
 dist.destroy_process_group()
 print(f"rank {rank}: ddp checks passed")

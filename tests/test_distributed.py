@@ -35,7 +35,8 @@ def test_two_processes_write_one_row_with_world_size_2(tmp_path, script, args):
 
 
 def test_ddp_equivalences(tmp_path):
-    """SimCLR loss/gradients of 2 × b equal 1 × 2b; MoCo's queue holds both ranks' keys; weights stay identical."""
+    """SimCLR, BYOL, SimSiam, SwAV loss/gradients of 2 × b equal 1 × 2b, with --mix given the same pairs; MoCo's queue
+    holds both ranks' keys; weights stay identical."""
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(REPO / "tests" / "ddp_checks.py")], cwd=tmp_path, env=env, capture_output=True,
