@@ -1,5 +1,7 @@
-"""The lab notebook results.xlsx: every training run appends a row and its per-epoch curves, which refresh the chart,
-the summary over seeds and the args sheet; augmentation searches append their trials to the `search` sheet."""
+"""The lab notebook results.xlsx, its schema and sheets: every training run appends a row and its per-epoch curves,
+which refresh the chart, the summary over seeds and the args sheet; augmentation searches append their trials to the
+`search` sheet; the `reference` sheet shows reference/published.csv. The file itself (lock, atomic save, unsaved rows
+kept and folded back) is workbook_store.py's."""
 import csv
 import datetime
 import json

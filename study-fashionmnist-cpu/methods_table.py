@@ -1,6 +1,8 @@
-"""README's methods table, from the study's rows of results.xlsx (methods.sh writes them):
-    python study-fashionmnist-cpu/methods_table.py [results.xlsx]
-Per method: its trained runs (aug `ours`) and the same network at init (`--epochs 0`, aug `eval`), seed by seed."""
+"""README's tables of the study, from its rows of results.xlsx:
+    python study-fashionmnist-cpu/methods_table.py [results.xlsx]            # the methods table (methods.sh)
+    python study-fashionmnist-cpu/methods_table.py --mixing [results.xlsx]   # MoCo with --mix (mixing.sh)
+Per method: its trained runs (aug `ours`, no mixing) and the same network at init (`--epochs 0`, aug `eval`), seed by
+seed. Mixing: MoCo's runs of each --mix kind against its plain runs, seed by seed."""
 import sys
 from pathlib import Path
 
@@ -19,17 +21,19 @@ def study_rows(path):
     return [row for row in (dict(zip(header, values)) for values in rows) if row["study"] == STUDY]
 
 
-def main(path="results.xlsx"):
-    rows = study_rows(path)
+def by_seed(runs, metric="knn_top1_final"):
+    return {r["seed"]: r[metric] for r in runs}
+
+
+def methods_table(rows):
     print("| method | seeds | kNN top-1 final | kNN top-1 best | linear top-1 | the same network at init: kNN / linear "
           "| kNN - init, paired | minutes a run | images/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for method in METHODS:
-        trained = [r for r in rows if r["method"] == method and r["epochs"]]
+        trained = [r for r in rows if r["method"] == method and r["epochs"] and not r.get("mix")]
         init = [r for r in rows if r["method"] == method and not r["epochs"]]
         if not trained:
             continue
-        by_seed = lambda runs: {r["seed"]: r["knn_top1_final"] for r in runs}
         gain = paired_difference(by_seed(trained), by_seed(init))
         if gain is not None:
             gain = f"{gain.mean:+.2f}" + ("" if gain.low is None else f" [{gain.low:.2f}, {gain.high:.2f}]")
@@ -42,6 +46,29 @@ def main(path="results.xlsx"):
     if pixels:
         knn, linear = pixels[0]["knn_top1_final"], pixels[0]["linear_top1"]
         print(f"| raw pixels (28 px) | | {knn:.2f} | | {linear:.2f} | | | | |")
+
+
+
+def mixing_table(rows):
+    moco = [r for r in rows if r["method"] == "moco" and r["epochs"] and r["aug"] == "ours"]
+    plain = [r for r in moco if not r.get("mix")]
+    print("| MoCo | seeds | kNN top-1 final | kNN top-1 best | linear top-1 | kNN final vs plain, paired (95% CI) "
+          "| linear vs plain, paired (95% CI) | minutes a run | images/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mix in [None, *sorted({r["mix"] for r in moco if r.get("mix")})]:
+        runs = [r for r in moco if r.get("mix") == mix]
+        column = lambda name: mean_std([r[name] for r in runs])
+        paired = ["" if mix is None else str(paired_difference(by_seed(runs, metric), by_seed(plain, metric)))
+                  for metric in ("knn_top1_final", "linear_top1")]
+        print(f"| {f'--mix {mix}' if mix else 'plain'} | {', '.join(str(r['seed']) for r in runs)} | "
+              f"{column('knn_top1_final')} | {column('knn_top1_best')} | {column('linear_top1')} | {paired[0]} | "
+              f"{paired[1]} | {mean_std([r['wall_time_s'] / 60 for r in runs])} | {column('images_per_s')} |")
+
+
+def main(*argv):
+    mixing = "--mixing" in argv
+    rows = study_rows(next((a for a in argv if a != "--mixing"), "results.xlsx"))
+    (mixing_table if mixing else methods_table)(rows)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ import torchvision  # noqa: E402
 from cli import run_main  # noqa: E402
 
 
+TINY_RUN = ["--width", "0.25", "--dataset", "synthetic", "--subset", "64", "--batch-size", "32", "--workers", "0"]
+
+
 def sheet_rows(path, sheet="runs"):
     """The rows of a workbook sheet as dicts by header."""
     ws = openpyxl.load_workbook(path)[sheet]
@@ -47,6 +50,27 @@ def kill_after_first_epoch(method, options, given):
     with pytest.raises(Killed):
         training.run(method, options, on_epoch=kill, given=given)
 
+
+
+TINY_MOCO = [*TINY_RUN, "--moco-k", "64", "--bn-splits", "2", "--linear-epochs", "2"]
+
+
+def moco_run(tmp_path, *extra, name="run", epochs=1):
+    """The MoCo door on TINY_MOCO into tmp_path/name, its row in tmp_path/results.xlsx; returns the run dir."""
+    import moco_augmented
+    moco_augmented.main([*TINY_MOCO, "--epochs", str(epochs), "--results", str(tmp_path / "results.xlsx"),
+                         "--results-dir", str(tmp_path / name), *extra])
+    return tmp_path / name
+
+
+def moco_killed_after_epoch_1(tmp_path, *extra, name):
+    """A 2-epoch run of the MoCo door, killed after its first epoch; returns the run dir."""
+    import methods
+    import moco_augmented
+    options, given = moco_augmented.parse_args([*TINY_MOCO, "--epochs", "2", "--results", str(tmp_path / "results.xlsx"),
+                                                "--results-dir", str(tmp_path / name), *extra])
+    kill_after_first_epoch(methods.MoCo, options, given)
+    return tmp_path / name
 
 def error_of(argv, capsys, main):
     """Run a door as `python <door>.py` would; assert it ends in exit code 2 with one `error:` line and no traceback,

@@ -439,3 +439,5 @@ def test_multicrop_seeding_matches_multiview_interface():
     rng = np.random.default_rng(0)
     multiview.set_random_state(rng, random.Random(0))
     assert multiview.transform.transforms[0].random_generator is rng
+
+

@@ -1,5 +1,6 @@
 """loading.py: augmenting datasets, the seeded epoch sampler, workers, train and eval loaders (offline, CPU)."""
 import os
+from types import SimpleNamespace
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -10,9 +11,10 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 import cli
+from augmentations import build_multicrop
 import datasets as D
 import loading as L
-from test_datasets import pure, random_images, write_image
+from conftest import pure, random_images, write_image
 
 
 def normalize_only():
@@ -147,3 +149,19 @@ def test_a_corrupt_image_in_a_worker_ends_in_one_line_naming_the_file(tmp_path):
         list(L.make_loader(dataset, batch_size=2, workers=1, persistent=False))
     assert "DataLoader worker" in str(error.value)  # torch re-raised it with the worker's traceback
     assert cli.one_line(error.value) == f"cannot decode image {corrupt} (corrupt or not an image): replace or delete it"
+
+
+def test_multicrop_gives_the_asked_sizes_and_counts_through_the_loader():
+    base = D.load_splits("synthetic", subset=16).pretrain
+    dataset = L.TransformDataset(base, build_multicrop("simclr", 32, 18, (0.05, 0.3), None, n_global=2, n_local=3))
+    runtime = SimpleNamespace(rank=0, world_size=1, device=torch.device("cpu"))
+    loader = L.make_train_loader(runtime, dataset, 8, 0, seed=1)
+    loader.sampler.set_epoch(0)
+    first = [views for views, _ in loader]
+    assert len(first) == 2
+    for views in first:
+        assert [tuple(v.shape) for v in views] == [(8, 3, 32, 32)] * 2 + [(8, 3, 18, 18)] * 3
+        assert all(v.dtype == torch.uint8 for v in views)
+    again = [views for views, _ in loader]  # the same epoch draws the same views (seed, epoch, index)
+    assert all(torch.equal(a, b) for x, y in zip(first, again) for a, b in zip(x, y))
+    assert not torch.equal(first[0][2], first[0][3])  # the local crops are independent draws

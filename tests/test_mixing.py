@@ -5,15 +5,14 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import error_of, kill_after_first_epoch, log_of, method_options, sheet_rows
+from conftest import TINY_RUN, error_of, kill_after_first_epoch, log_of, method_options, sheet_rows
 
 import pretrain
 from losses import contrast_cross_entropy, moco_infonce
 from methods import BYOL, SimSiam, SwAV
 from mixing import Draw, Mixer
 
-TINY = ["--width", "0.25", "--dataset", "synthetic", "--subset", "64", "--batch-size", "32", "--workers", "0",
-        "--epochs", "1", "--knn-every", "0", "--linear-epochs", "0"]
+TINY = [*TINY_RUN, "--epochs", "1", "--knn-every", "0", "--linear-epochs", "0"]
 SMALL_HEADS = {"byol": dict(proj_hidden=64, pred_hidden=64), "simsiam": dict(proj_dim=64, pred_hidden=16),
                "swav": dict(proj_hidden=64, prototypes=10, queue_length=0, freeze_prototypes_steps=0)}
 

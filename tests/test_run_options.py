@@ -1,0 +1,44 @@
+"""run_options.py: the options every run shares, each method's recipe as its defaults, and the checks that refuse
+impossible values in one line before anything runs."""
+import pytest
+import torch
+from conftest import TINY_RUN, error_of
+
+import pretrain
+import run_options
+import training
+from cli import UserError
+from methods import METHODS, MoCo, SimCLR
+
+TINY = [*TINY_RUN, "--crop-size", "16"]
+
+
+@pytest.mark.parametrize("method", ["moco", "simclr", "byol", "simsiam"])
+def test_local_crops_are_refused_by_methods_that_do_not_train_on_them(method, capsys):
+    line = error_of(["--method", method, "--local-crops", "2", *TINY], capsys, pretrain.main)
+    assert f"--local-crops 2: {method} does not train on local crops" in line and "swav" in line
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_default_options_refuse_an_option_the_method_does_not_have(name):
+    with pytest.raises(ValueError, match="no option"):
+        run_options.default_options(METHODS[name], no_such_option=1)
+
+
+def test_moco_recipe_is_the_demo():
+    o = run_options.default_options(MoCo)
+    assert (o.epochs, o.batch_size, o.lr, o.wd, o.moco_k, o.moco_m, o.moco_t, o.bn_splits, o.aug) == \
+           (200, 512, 0.06, 5e-4, 4096, 0.99, 0.1, 8, "ours")
+    assert MoCo.optimizer_recipe(o) == ("sgd", 0.06, 5e-4, 0.0) and MoCo.lr_per_epoch
+
+
+def test_check_options_refuses_impossible_values():
+    with pytest.raises(UserError, match="--crops 1: simclr trains on exactly 2 views"):
+        run_options.check_options(SimCLR, run_options.default_options(SimCLR, crops=1))  # it used to train 2 silently
+    with pytest.raises(UserError, match="crop size 0 is out of range"):
+        training.run(MoCo, run_options.default_options(MoCo, crop_size=0))  # it used to mean the native size
+    for change, message in [(dict(width=0.0), "--width must be > 0"), (dict(bn_splits=0), "--bn-splits must be >= 1"), (dict(knn_every=-1), "--knn-every"),
+                            (dict(val_size=-1), "--val-size"), (dict(batch_size=0), "--batch-size must be > 0")]:
+        with pytest.raises(UserError, match=message):
+            run_options.check_options(MoCo, run_options.default_options(MoCo, **change))
+    assert torch.__version__  # the check itself builds nothing
