@@ -117,9 +117,6 @@ def default_path():
     return Path(__file__).resolve().parent / "results.xlsx"
 
 
-
-
-
 def check_writable(path):
     """Before training: fail now, with UserError, if the workbook could not take this run's row at the end (the file
     or its folder, or a workbook of another layout); warn if a spreadsheet app has it open."""
@@ -232,12 +229,6 @@ def _now():
     return datetime.datetime.now().isoformat(timespec="seconds")
 
 
-
-
-
-
-
-
 def _one_line(value):
     """JSON text on one line: a spreadsheet shows a one-line cell of indented JSON as its last line, "}"."""
     if isinstance(value, str):
@@ -260,8 +251,6 @@ def _cell_value(value):
     if isinstance(value, str):
         return ILLEGAL_CHARACTERS_RE.sub("", value)[:32767]  # Excel's cell limit
     return value
-
-
 
 
 def _new_table(workbook, name, columns, orientation="landscape"):
