@@ -292,7 +292,8 @@ def _set_print_layout(sheet, orientation="landscape"):
 
 
 def published():
-    """The rows of reference/published.csv (REFERENCE_COLUMNS; epochs an int, value a float)."""
+    """The rows of reference/published.csv (REFERENCE_COLUMNS; epochs an int, value a float); ValueError on a row
+    that is not one."""
     with open(PUBLISHED_CSV, newline="") as file:
         reader = csv.DictReader(file)
         if reader.fieldnames != REFERENCE_COLUMNS:
@@ -302,8 +303,13 @@ def published():
 
 
 def _add_reference_sheet(workbook):
+    try:
+        numbers = published()
+    except (OSError, ValueError, KeyError) as error:  # a broken edit of the CSV must not cost a run its row
+        print(f"note: the reference sheet was left as it was: {PUBLISHED_CSV} could not be read "
+              f"({type(error).__name__}: {error})", file=sys.stderr)
+        return
     sheet = _replace_sheet(workbook, "reference")
-    numbers = published()
     for values in [REFERENCE_COLUMNS, *numbers]:
         sheet.append(values)
     curves_at = len(REFERENCE_COLUMNS) + 2  # the seed curves sit to the right of the table, one blank column between

@@ -110,10 +110,10 @@ torch.manual_seed(30)  # the same draws on every rank
 perms = [torch.randperm(b) for _ in range(world)]
 lam = torch.rand(world * b)
 box = (0.25, 0.125, 0.5, 0.5)
-cases = [(methods.SimCLR, "imix", False, dict(projection_dim=16)), (BYOL, "imix", False, narrow[BYOL]),
-         (BYOL, "unmix", True, narrow[BYOL]), (SimSiam, "unmix", False, narrow[SimSiam]),
-         (SimSiam, "imix", False, narrow[SimSiam]), (SwAV, "unmix", True, narrow[SwAV]),
-         (SwAV, "imix", False, narrow[SwAV])]
+cases = [(methods.SimCLR, "imix", False, dict(projection_dim=16)), (methods.SimCLR, "unmix", True, dict(projection_dim=16)),
+         (BYOL, "imix", False, narrow[BYOL]), (BYOL, "unmix", False, narrow[BYOL]), (BYOL, "unmix", True, narrow[BYOL]),
+         (SimSiam, "imix", False, narrow[SimSiam]), (SimSiam, "unmix", True, narrow[SimSiam]),
+         (SwAV, "imix", False, narrow[SwAV]), (SwAV, "unmix", True, narrow[SwAV])]
 for method, kind, cutmix, overrides in cases:
     options = default_options(method, bn_splits=1, width=0.25, mix=kind, mix_alpha=1.0, **overrides)
     torch.manual_seed(0)
@@ -124,6 +124,7 @@ for method, kind, cutmix, overrides in cases:
     model.draw_mix = lambda images: Draw(perms[rank], shared_lam[mine], cutmix, box)
     full.draw_mix = lambda images: Draw(torch.cat([p + r * b for r, p in enumerate(perms)]), shared_lam, cutmix, box)
     if method is SwAV:
+        assert model.world == world and full.world == world
         full.world, full.rank = 1, 0
     torch.manual_seed(20)
     views = [torch.randn(world * b, 3, 16, 16) for _ in range(2)]

@@ -590,6 +590,28 @@ def test_a_workbook_of_another_layout_is_refused_before_training(tmp_path):
     results.check_writable(tmp_path / "damaged.xlsx")  # left to the append, which moves it aside with a note
 
 
+def test_a_broken_published_csv_costs_no_row(tmp_path, monkeypatch, capfd):
+    """The reference sheet is rebuilt on every write; a bad edit of published.csv leaves it as it was, in one line."""
+    path = tmp_path / "results.xlsx"
+    results.append_run(path, make_run(), [])
+    broken = tmp_path / "published.csv"
+    broken.write_text(",".join(results.REFERENCE_COLUMNS) + "\nsome paper,MoCo,CIFAR-10,ResNet-18,200,kNN,~85\n")
+    monkeypatch.setattr(results, "PUBLISHED_CSV", broken)
+    assert results.append_run(path, make_run(aug="second"), []) == "r0002"
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("note: the reference sheet was left as it was") and "~85" in err
+    reference = openpyxl.load_workbook(path)["reference"]
+    assert reference.cell(2, 7).value == 82.6 and reference.max_row > 20  # the sheet of the first write
+
+
+def test_a_corrupt_workbook_is_moved_aside_and_the_row_lands_in_a_new_one(tmp_path, capfd):
+    path = tmp_path / "results.xlsx"
+    path.write_bytes(b"not a zip file")
+    run_id = results.append_run(path, make_run(), make_curves(1))
+    assert rows(openpyxl.load_workbook(path)["runs"])[1][0] == run_id == "r0001"
+    assert len(list(tmp_path.glob("results.corrupt-*.xlsx"))) == 1 and "moved it to" in capfd.readouterr().err
+
+
 def test_long_texts_fit_their_cells(tmp_path):
     """The reference sheet's config column was cut at the next column and `ours-brightness_contrast` at 22
     characters in `summary`."""
