@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# Issue #24: the seed's augmentation comparison redone at the CPU recipe, where MoCo learns (methods.sh's moco line):
-# its five specs, 3 seeds each, every spec paired seed by seed with `original` (grid.md and the summary sheet: mean
-# difference and Student-t 95% interval), with the network at init and raw pixels. The out dir is methods.sh's moco
-# dir, so the runs of `ours` and the baselines already there are reused, not rerun. Rerunning skips finished runs;
-# a killed run continues from its checkpoint. Usage: bash study-fashionmnist-cpu/augmentations.sh
+# Issue #24: the seed's augmentation comparison redone at the CPU recipe, where MoCo learns (methods.sh's moco line),
+# then the search's proxy checked against it. Every step skips its finished runs when rerun (each out dir's grid.json,
+# the Optuna storage), and a killed run continues from its checkpoint. Usage: bash study-fashionmnist-cpu/augmentations.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python search_augment.py --method moco --dataset fashionmnist --width 0.25 --crop-size 28 --batch-size 64 --epochs 5 \
-    --knn-every 1 --linear-epochs 100 --linear-protocol probe --seeds 3 --baselines --study fashionmnist-cpu \
-    --bn-splits 2 --lr 0.06 --no-cos --moco-k 4096 \
-    --grid original ours ours-solarize ours-clahe ours-brightness_contrast --reference original \
+recipe=(--method moco --dataset fashionmnist --width 0.25 --crop-size 28 --batch-size 64
+        --bn-splits 2 --lr 0.06 --no-cos --moco-k 4096)
+specs=(original ours ours-solarize ours-clahe ours-brightness_contrast)
+# 1. The study: the seed's five specs, 3 seeds each, 5 epochs, kNN (k 200, the whole training set as bank, the test
+#    set) and the 100-epoch linear probe; every spec paired seed by seed with `original` (grid.md and the summary sheet:
+#    mean difference and Student-t 95% interval), with the network at init and raw pixels. The out dir is methods.sh's
+#    moco dir, so the runs of `ours` and the baselines already there are reused.
+python search_augment.py "${recipe[@]}" --epochs 5 --knn-every 1 --linear-epochs 100 --linear-protocol probe \
+    --seeds 3 --baselines --study fashionmnist-cpu --grid "${specs[@]}" --reference original \
     --out study-fashionmnist-cpu/moco
+# 2. The search's proxy on the same five specs: its defaults (2 epochs, kNN k 20 on a 250-image validation split of
+#    the training set, no linear evaluation), one seed, as a search would score them.
+python search_augment.py "${recipe[@]}" --epochs 2 --knn-every 1 --linear-epochs 0 --val-size 250 --knn-k 20 \
+    --seeds 1 --study fashionmnist-cpu-proxy --grid "${specs[@]}" --reference original \
+    --out study-fashionmnist-cpu/proxy
+# 3. A search over the seed's ops laid over `original`, 30 trials of that proxy.
+python search_augment.py "${recipe[@]}" --trials 30 --base original --study fashionmnist-cpu-search \
+    --storage sqlite:///study-fashionmnist-cpu/search.db --out study-fashionmnist-cpu/search
