@@ -1,6 +1,5 @@
 """loading.py: augmenting datasets, the seeded epoch sampler, workers, train and eval loaders (offline, CPU)."""
 import os
-from types import SimpleNamespace
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -14,6 +13,7 @@ import cli
 from augmentations import build_multicrop
 import datasets as D
 import loading as L
+from runtime import Runtime
 from conftest import pure, random_images, write_image
 
 
@@ -154,8 +154,7 @@ def test_a_corrupt_image_in_a_worker_ends_in_one_line_naming_the_file(tmp_path):
 def test_multicrop_gives_the_asked_sizes_and_counts_through_the_loader():
     base = D.load_splits("synthetic", subset=16).pretrain
     dataset = L.TransformDataset(base, build_multicrop("simclr", 32, 18, (0.05, 0.3), None, n_global=2, n_local=3))
-    runtime = SimpleNamespace(rank=0, world_size=1, device=torch.device("cpu"))
-    loader = L.make_train_loader(runtime, dataset, 8, 0, seed=1)
+    loader = L.make_train_loader(Runtime(torch.device("cpu"), "fp32"), dataset, 8, 0, seed=1)
     loader.sampler.set_epoch(0)
     first = [views for views, _ in loader]
     assert len(first) == 2
