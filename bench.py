@@ -6,6 +6,7 @@
     python bench.py --widths   # MoCo training-step images/s by backbone width (--width) at 28 and 32 px: CPU-sized nets
     python bench.py --epoch    # one epoch of the default MoCo recipe (real loader + kNN monitor); 200-epoch projection
     python bench.py --knn      # seconds and peak memory of the kNN monitor, 50,000-image bank x 10,000 queries
+    python bench.py --peak     # the matmul peak (a large GEMM, fp32 and bf16) and the share of it MoCo steps reach
     python bench.py --all      # every mode (aug last, so its headline is the last line)
 
 --quick shrinks every size so a run takes seconds (the test). Tables print as markdown rows, each headed by the
@@ -281,6 +282,44 @@ def bench_widths(args, device):
         del model, optimizer, net
 
 
+
+def step_flops(rt, model, net, optimizer, batch, size):
+    """FLOPs of one training step (forward and backward: convolutions and matmuls), as torch's FlopCounterMode counts
+    them over training.train_epoch's step on a two-view batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    views = [torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8) for _ in range(2)]
+    with FlopCounterMode(display=False) as counter:
+        train_epoch(rt, net, model, [(views, torch.zeros(batch, dtype=torch.long))], optimizer,
+                    lambda t: optimizer.param_groups[0]["lr"], 0, 1)
+    return counter.get_total_flops()
+
+
+def bench_peak(args, device):
+    """The practical ceiling of this device's matmul units, a large square GEMM in fp32 and bf16, and the share of
+    the fp32 one that the MoCo training step reaches (its counted FLOPs x its measured steps/s) at the demo's
+    full-width ResNet-18 and at the CPU recipe's width-0.25 net."""
+    n, info = args.gemm_size, dataset_info("synthetic")
+    table(f"Matmul peak ({n} x {n} GEMM, best of {args.rounds}) and the MoCo step's share of it (batch "
+          f"{args.batch_size} x 2 views, SplitBatchNorm {DEMO.bn_splits}, fp32)", device, "what", "precision",
+          "GFLOP per step", "GFLOP/s", "share of the fp32 GEMM")
+    peak = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        a @ b  # the first call picks the kernel (oneDNN / AMX on CPU, cuBLAS on GPU)
+        seconds = min(timed(device, lambda: [a @ b for _ in range(args.gemm_reps)]) for _ in range(args.rounds))
+        peak[dtype] = 2 * n ** 3 * args.gemm_reps / seconds / 1e9
+        row("GEMM", str(dtype).removeprefix("torch."), "", f"{peak[dtype]:,.0f}",
+            f"{peak[dtype] / peak[torch.float32]:.2f}")
+    for width, size in args.peak_nets:
+        rt = setup_runtime("fp32", 0, False, normalize=(info.mean, info.std))
+        model, optimizer, net = method_step(rt, MoCo, default_options(MoCo, width=width), bn_splits=DEMO.bn_splits)
+        flops = step_flops(rt, model, net, optimizer, args.batch_size, size)
+        rate = steps_per_second(rt, model, net, optimizer, args.batch_size, args.warmup, args.steps, size)
+        row(f"MoCo step, ResNet-18 width {width:g}, {size} px", "fp32", f"{flops / 1e9:,.2f}",
+            f"{flops * rate / 1e9:,.1f}", f"{flops * rate / 1e9 / peak[torch.float32]:.3f}")
+        del model, optimizer, net
+
 def bench_epoch(args, device):
     d = DEMO
     n, batch = args.epoch_images, args.batch_size
@@ -326,7 +365,7 @@ def bench_knn(args, device):
 
 
 MODES = {"loader": bench_loader, "step": bench_step, "widths": bench_widths, "epoch": bench_epoch, "knn": bench_knn,
-         "aug": bench_aug}
+         "peak": bench_peak, "aug": bench_aug}
 
 
 def parse_args(argv, cuda):
@@ -346,10 +385,11 @@ def parse_args(argv, cuda):
                    help="step: also time torch.compile at the scripts' default setting (compiling takes minutes)")
     p.add_argument("--epoch-images", type=int, help="epoch: synthetic images (50,000 on GPU, 4 batches on CPU)")
     p.add_argument("--knn-size", type=int, nargs=2, metavar=("BANK", "QUERIES"), help="knn: (50000 10000)")
+    p.add_argument("--gemm-size", type=int, help="peak: the square GEMM's side (4096 on GPU, 2048 on CPU)")
     args = p.parse_args(argv)
     args.modes = [mode for mode in MODES if args.all or getattr(args, mode)]
     if not args.modes:
-        p.error("choose at least one mode: --aug, --loader, --step, --epoch, --knn or --all")
+        p.error("choose at least one mode: --aug, --loader, --step, --widths, --epoch, --knn, --peak or --all")
     quick, cpu = args.quick, not cuda  # an explicit option wins over --quick, --quick over the CPU default
     args.seconds = args.seconds or (0.02 if quick else 1.0)
     args.rounds = 1 if quick else 3
@@ -363,8 +403,11 @@ def parse_args(argv, cuda):
     args.knn_size = args.knn_size or ([2_000, 500] if quick else [50_000, 10_000])
     args.width = args.width or ([0.25] if quick else [1.0, 0.5, 0.25])
     args.sizes = args.sizes or ([16] if quick else [28, 32])
+    args.gemm_size = args.gemm_size or (128 if quick else 2048 if cpu else 4096)
+    args.gemm_reps = 1 if quick else 5 if cpu else 50
+    args.peak_nets = [(0.25, 16)] if quick else [(1.0, 32), (0.25, 28)]  # the demo's net; the CPU recipe's
     if min([args.seconds, args.loader_images, args.loader_size, args.batch_size, args.steps, args.epoch_images,
-            *args.knn_size, *args.width, *args.sizes]) <= 0:
+            *args.knn_size, *args.width, *args.sizes, args.gemm_size]) <= 0:
         p.error("sizes, counts and seconds must be positive")
     if min(args.workers) < 0 or args.epoch_images < args.batch_size or args.loader_images < args.loader_batch:
         p.error("worker counts must be >= 0, and --epoch-images / --loader-images at least one batch")

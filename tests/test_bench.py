@@ -80,3 +80,10 @@ def test_compile_adds_a_row_per_model(monkeypatch):
     step = rows(out.getvalue(), "Training step")
     assert [r[:2] for r in step if r[4].startswith("on (first step ")] == [["MoCo", "8 splits"], ["SimCLR", "plain"]]
     assert len(compiled) == 2
+
+
+def test_peak_has_both_gemms_and_the_moco_steps_share(output):
+    table = rows(output, "Matmul peak")
+    assert [r[:2] for r in table] == [["GEMM", "float32"], ["GEMM", "bfloat16"], ["MoCo step, ResNet-18 width 0.25, 16 px", "fp32"]]
+    assert table[0][4] == "1.00" and all(re.fullmatch(NUMBER, r[3]) for r in table)
+    assert float(table[2][2]) > 0 and 0 < float(table[2][4])
