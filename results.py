@@ -325,7 +325,8 @@ def _add_reference_sheet(workbook):
     for cell in sheet[1]:
         cell.font = HEADER_FONT
         sheet.column_dimensions[cell.column_letter].width = len(str(cell.value)) + 3
-    for letter, width in (("A", 72), ("B", 16), ("C", 10), ("D", CONFIG_WIDTH), ("F", 24)):
+    source_width = max([len(str(row[0])) for row in numbers], default=60) + 2  # a source never runs into `method`
+    for letter, width in (("A", source_width), ("B", 16), ("C", 10), ("D", CONFIG_WIDTH), ("F", 24)):
         sheet.column_dimensions[letter].width = width
     for r in range(2, len(numbers) + 2):  # a long config wraps in its cell instead of being cut at the next column
         sheet.cell(r, 4).alignment = Alignment(wrap_text=True, vertical="top")

@@ -623,6 +623,7 @@ def test_long_texts_fit_their_cells(tmp_path):
         config = reference.cell(r, 4)
         lines_shown = reference.row_dimensions[r].height / 15 if reference.row_dimensions[r].height else 1
         assert config.alignment.wrap_text and lines_shown * reference.column_dimensions["D"].width >= len(config.value)
+        assert reference.column_dimensions["A"].width >= len(reference.cell(r, 1).value)  # used to run into `method`
     summary = book["summary"]
     aug = rows(summary)[0].index("aug") + 1
     assert summary.column_dimensions[openpyxl.utils.get_column_letter(aug)].width >= len("ours-brightness_contrast")
