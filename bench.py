@@ -7,6 +7,7 @@
     python bench.py --epoch    # one epoch of the default MoCo recipe (real loader + kNN monitor); 200-epoch projection
     python bench.py --knn      # seconds and peak memory of the kNN monitor, 50,000-image bank x 10,000 queries
     python bench.py --peak     # the matmul peak (a large GEMM, fp32 and bf16) and the share of it MoCo steps reach
+    python bench.py --levers   # the CPU recipe's MoCo step by precision, channels_last, threads, compile; end to end
     python bench.py --all      # every mode (aug last, so its headline is the last line)
 
 --quick shrinks every size so a run takes seconds (the test). Tables print as markdown rows, each headed by the
@@ -39,7 +40,7 @@ from loading import TransformDataset, make_train_loader, usable_cores
 from methods import MoCo, SimCLR
 from models import stage_channels
 from run_options import default_options
-from runtime import Runtime, setup_runtime
+from runtime import Runtime, auto_precision, setup_runtime
 from training import build_loaders, build_model, train_epoch
 
 DEMO = default_options(MoCo)  # the default MoCo recipe (the CIFAR demo's): aug, crops, batch, workers, model
@@ -219,8 +220,9 @@ def steps_per_second(rt, model, net, optimizer, batch, warmup, steps, size=32):
 
 
 def mixed_precision(device):
-    """The mixed precision the scripts' --precision auto picks on a CUDA device; None on CPU (fp32)."""
-    return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else None
+    """The mixed precision the scripts' --precision auto picks on this device (bf16 on a CPU with bf16 instructions);
+    None where it picks fp32."""
+    return None if auto_precision(device) == "fp32" else auto_precision(device)
 
 
 def bench_step(args, device):
@@ -229,7 +231,7 @@ def bench_step(args, device):
     mixed = mixed_precision(device)
     default = mixed or "fp32"  # the scripts' precision on this device
     grid = [(precision, channels_last, False) for precision, channels_last
-            in itertools.product(["fp32", mixed] if cuda else ["fp32"], [False, True])]
+            in itertools.product(["fp32", mixed] if mixed else ["fp32"], [False, True])]
     grid += [(default, cuda, True)] if args.compile else []  # the scripts' default setting, compiled
     runs = [("MoCo", moco_demo, DEMO.bn_splits, setting) for setting in grid]
     # SplitBatchNorm's cost: MoCo with plain BatchNorm, as each process has under DDP
@@ -254,8 +256,8 @@ def bench_step(args, device):
         if name == "MoCo" and bn_splits == DEMO.bn_splits:
             moco_best = max(moco_best, rate * args.batch_size)
         del model, optimizer, net
-    if not cuda:
-        print("\nfp32 only: mixed precision needs a CUDA GPU.")
+    if not mixed:
+        print("\nfp32 only: this device has no fast bf16 (a CUDA GPU, or a CPU with AVX512-BF16 or AMX).")
     elif torch.backends.cudnn.allow_tf32:
         print("\nfp32 rows run convolutions and matmuls in TF32, as runtime.setup_runtime sets for the scripts.")
     free_memory(device)
@@ -295,6 +297,17 @@ def step_flops(rt, model, net, optimizer, batch, size):
     return counter.get_total_flops()
 
 
+def gemm_peaks(args, device):
+    """GFLOP/s of a large square GEMM in fp32 and in bf16, best of args.rounds: the practical ceiling of each."""
+    n, peak = args.gemm_size, {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        a @ b  # the first call picks the kernel (oneDNN / AMX on CPU, cuBLAS on GPU)
+        seconds = min(timed(device, lambda: [a @ b for _ in range(args.gemm_reps)]) for _ in range(args.rounds))
+        peak[dtype] = 2 * n ** 3 * args.gemm_reps / seconds / 1e9
+    return peak
+
+
 def bench_peak(args, device):
     """The practical ceiling of this device's matmul units, a large square GEMM in fp32 and bf16, and the share of
     the fp32 one that the MoCo training step reaches (its counted FLOPs x its measured steps/s) at the demo's
@@ -303,12 +316,8 @@ def bench_peak(args, device):
     table(f"Matmul peak ({n} x {n} GEMM, best of {args.rounds}) and the MoCo step's share of it (batch "
           f"{args.batch_size} x 2 views, SplitBatchNorm {DEMO.bn_splits}, fp32)", device, "what", "precision",
           "GFLOP per step", "GFLOP/s", "share of the fp32 GEMM")
-    peak = {}
+    peak = gemm_peaks(args, device)
     for dtype in (torch.float32, torch.bfloat16):
-        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-        a @ b  # the first call picks the kernel (oneDNN / AMX on CPU, cuBLAS on GPU)
-        seconds = min(timed(device, lambda: [a @ b for _ in range(args.gemm_reps)]) for _ in range(args.rounds))
-        peak[dtype] = 2 * n ** 3 * args.gemm_reps / seconds / 1e9
         row("GEMM", str(dtype).removeprefix("torch."), "", f"{peak[dtype]:,.0f}",
             f"{peak[dtype] / peak[torch.float32]:.2f}")
     for width, size in args.peak_nets:
@@ -319,6 +328,69 @@ def bench_peak(args, device):
         row(f"MoCo step, ResNet-18 width {width:g}, {size} px", "fp32", f"{flops / 1e9:,.2f}",
             f"{flops * rate / 1e9:,.1f}", f"{flops * rate / 1e9 / peak[torch.float32]:.3f}")
         del model, optimizer, net
+
+def cpu_recipe(rt, compiled=False):
+    """README's CPU recipe for MoCo: ResNet-18 at width 0.25, SplitBatchNorm 2, K 4096, lr 0.06 (28 px, batch 64)."""
+    return method_step(rt, MoCo, default_options(MoCo, width=0.25, moco_k=4096, lr=0.06), compiled, bn_splits=2)
+
+
+def bench_levers(args, device):
+    """The CPU recipe's MoCo step under each lever: precision (bf16 where the device has it), channels_last, the step's
+    torch threads and torch.compile, on a fixed batch, with the share of its precision's GEMM peak; then end to end
+    through the real two-view loader, for each split of the cores between the step's threads and the loader's
+    workers."""
+    info, size, batch, cores = dataset_info("synthetic"), 28, args.batch_size, usable_cores()
+    peak = gemm_peaks(args, device)
+    auto = auto_precision(device)
+    precisions = ["fp32", *([auto] if auto != "fp32" else [])]
+    threads = sorted({1, cores}, reverse=True) if device.type == "cpu" else [torch.get_num_threads()]
+    settings = [(precision, channels_last, n, False) for precision, channels_last, n
+                in itertools.product(precisions, [False, True], threads)]
+    settings += [(auto, False, max(threads), True)] if args.compile else []
+    table(f"The CPU recipe's MoCo step (ResNet-18 width 0.25, {size} px, batch {batch} x 2 views, SplitBatchNorm 2, "
+          f"K 4096; {args.warmup} warm-up + {args.steps} timed steps on one batch; the GEMM peaks at {threads[0]} threads)",
+          device, "precision", "channels_last", "torch threads", "torch.compile", "images/s", "ms/step", "GFLOP/s",
+          "share of its precision's GEMM peak", "vs the first row")
+    default_threads, flops, base = torch.get_num_threads(), None, None
+    for precision, channels_last, n, compiled in settings:
+        torch.set_num_threads(n)
+        rt = Runtime(device, precision, channels_last=channels_last, normalize=(info.mean, info.std))
+        model, optimizer, net = cpu_recipe(rt, compiled)
+        flops = flops or step_flops(rt, model, net, optimizer, batch, size)  # the same FLOPs in every precision
+        if compiled:  # the first step compiles
+            compile_s = timed(device, lambda: steps_per_second(rt, model, net, optimizer, batch, 0, 1, size))
+        rate = steps_per_second(rt, model, net, optimizer, batch, args.warmup, args.steps, size)
+        base = base or rate
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        row(precision, "on" if channels_last else "off", n, f"on (first step {compile_s:.0f} s)" if compiled else "off",
+            f"{rate * batch:,.0f}", f"{1000 / rate:.0f}", f"{flops * rate / 1e9:,.1f}",
+            f"{flops * rate / 1e9 / peak[dtype]:.3f}", f"{rate / base:.2f}x")
+        del model, optimizer, net
+    torch.set_num_threads(default_threads)
+    bench_levers_end_to_end(args, device, precisions, threads, size, batch, cores)
+
+
+def bench_levers_end_to_end(args, device, precisions, threads, size, batch, cores):
+    n = args.levers_images
+    splits = load_splits("synthetic", synthetic_size=(n, batch))
+    info = splits.info
+    views = MultiView(build_transform("ours", size), 2)
+    table(f"The CPU recipe end to end: its MoCo step fed by the real two-view loader (aug 'ours', {size} px, batch "
+          f"{batch}; {n:,} synthetic images an epoch, the 2nd of 2 epochs timed)", device, "precision",
+          "torch threads", "loader workers", "train images/s", "epoch s")
+    default_threads = torch.get_num_threads()
+    for precision, n_threads, workers in itertools.product(precisions, threads, range(1, cores + 1)):
+        torch.set_num_threads(n_threads)
+        rt = Runtime(device, precision, normalize=(info.mean, info.std))
+        model, optimizer, net = cpu_recipe(rt)
+        loader = make_train_loader(rt, TransformDataset(splits.pretrain, views), batch, workers)
+        epoch = lambda e: train_epoch(rt, net, model, loader, optimizer, lambda t: 0.06, e, 2)
+        epoch(0)  # starts the persistent workers
+        seconds = timed(device, lambda: epoch(1))
+        row(precision, n_threads, workers, f"{n / seconds:,.0f}", f"{seconds:.1f}")
+        del model, optimizer, net, loader
+    torch.set_num_threads(default_threads)
+
 
 def bench_epoch(args, device):
     d = DEMO
@@ -365,7 +437,7 @@ def bench_knn(args, device):
 
 
 MODES = {"loader": bench_loader, "step": bench_step, "widths": bench_widths, "epoch": bench_epoch, "knn": bench_knn,
-         "peak": bench_peak, "aug": bench_aug}
+         "peak": bench_peak, "levers": bench_levers, "aug": bench_aug}
 
 
 def parse_args(argv, cuda):
@@ -382,7 +454,7 @@ def parse_args(argv, cuda):
     p.add_argument("--width", type=float, nargs="+", help="widths: backbone widths (1 0.5 0.25)")
     p.add_argument("--sizes", type=int, nargs="+", help="widths: crop sizes in px (28 32)")
     p.add_argument("--compile", action="store_true",
-                   help="step: also time torch.compile at the scripts' default setting (compiling takes minutes)")
+                   help="step, levers: also time torch.compile at the scripts' default setting (compiling takes minutes)")
     p.add_argument("--epoch-images", type=int, help="epoch: synthetic images (50,000 on GPU, 4 batches on CPU)")
     p.add_argument("--knn-size", type=int, nargs=2, metavar=("BANK", "QUERIES"), help="knn: (50000 10000)")
     p.add_argument("--gemm-size", type=int, help="peak: the square GEMM's side (4096 on GPU, 2048 on CPU)")
@@ -400,6 +472,7 @@ def parse_args(argv, cuda):
     args.steps = args.steps or (1 if quick else 3 if cpu else 20)
     args.warmup = 0 if quick else 1 if cpu else 5
     args.epoch_images = args.epoch_images or (args.batch_size if quick else 4 * args.batch_size if cpu else 50_000)
+    args.levers_images = args.batch_size * (2 if quick else 60)
     args.knn_size = args.knn_size or ([2_000, 500] if quick else [50_000, 10_000])
     args.width = args.width or ([0.25] if quick else [1.0, 0.5, 0.25])
     args.sizes = args.sizes or ([16] if quick else [28, 32])

@@ -79,11 +79,25 @@ def setup_runtime(precision="auto", seed=0, channels_last=True, normalize=None):
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     if precision == "auto":
-        precision = "fp32" if device.type == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    elif precision != "fp32" and device.type == "cpu":
-        raise UserError(f"--precision {precision} needs a CUDA GPU; on CPU use fp32 (or auto)")
+        precision = auto_precision(device)
+    elif precision == "fp16" and device.type == "cpu":
+        raise UserError("--precision fp16 needs a CUDA GPU; on CPU use bf16, fp32 or auto")
     seed_everything(seed + rank)
     return Runtime(device, precision, rank, world_size, channels_last and device.type == "cuda", normalize)
+
+
+def auto_precision(device):
+    """--precision auto: bf16 autocast on a GPU that has it (fp16 + loss scaling on one that does not); on a CPU, bf16
+    where the cores have AMX, on which BENCHMARKS.md measured the CPU recipe's step and its learning, fp32 elsewhere
+    (a CPU with only AVX512-BF16 is unmeasured: --precision bf16 asks for it)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_amx() else "fp32"
+
+
+def cpu_has_amx():
+    """Whether this CPU has AMX (Intel Sapphire Rapids and later), the tile units oneDNN's bf16 kernels run on."""
+    return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
 def seed_everything(seed):

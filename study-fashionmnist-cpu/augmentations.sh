@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 recipe=(--method moco --dataset fashionmnist --width 0.25 --crop-size 28 --batch-size 64
-        --bn-splits 2 --lr 0.06 --no-cos --moco-k 4096)
+        --bn-splits 2 --lr 0.06 --no-cos --moco-k 4096 --precision fp32)  # as methods.sh's runs
 specs=(original ours ours-solarize ours-clahe ours-brightness_contrast)
 # 1. The study: the seed's five specs, 3 seeds each, 5 epochs, kNN (k 200, the whole training set as bank, the test
 #    set) and the 100-epoch linear probe; every spec paired seed by seed with `original` (grid.md and the summary sheet:

@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 common=(--dataset fashionmnist --width 0.25 --crop-size 28 --batch-size 64 --epochs 5 --knn-every 1
-        --linear-epochs 100 --linear-protocol probe --grid ours --baselines --study fashionmnist-cpu)
+        --linear-epochs 100 --linear-protocol probe --grid ours --baselines --study fashionmnist-cpu
+        --precision fp32)  # the table's numeric setting: auto is bf16 on AMX (bf16.sh)
 declare -A recipe=(
   [moco]="--bn-splits 2 --lr 0.06 --no-cos --moco-k 4096"
   [swav]="--proj-hidden 512 --prototypes 100 --local-crops 4 --freeze-prototypes-steps 0 --queue-length 1920 --queue-start 1"

@@ -1,8 +1,10 @@
 """README's tables of the study, from its rows of results.xlsx:
     python study-fashionmnist-cpu/methods_table.py [results.xlsx]            # the methods table (methods.sh)
     python study-fashionmnist-cpu/methods_table.py --mixing [results.xlsx]   # MoCo with --mix (mixing.sh)
+    python study-fashionmnist-cpu/methods_table.py --precision [results.xlsx]  # MoCo in bf16 vs fp32 (bf16.sh)
 Per method: its trained runs (aug `ours`, no mixing) and the same network at init (`--epochs 0`, aug `eval`), seed by
-seed. Mixing: MoCo's runs of each --mix kind against its plain runs, seed by seed."""
+seed. Mixing: MoCo's runs of each --mix kind against its plain runs, seed by seed. Precision: MoCo's bf16 runs (study
+fashionmnist-cpu-bf16) against its fp32 runs, seed by seed, and their curves epoch by epoch."""
 import sys
 from pathlib import Path
 
@@ -14,11 +16,14 @@ from stats import mean_std, paired_difference  # noqa: E402
 STUDY, METHODS = "fashionmnist-cpu", ["moco", "simclr", "byol", "simsiam", "swav", "supervised"]
 
 
-def study_rows(path):
-    sheet = openpyxl.load_workbook(path, read_only=True)["runs"]
-    rows = sheet.iter_rows(values_only=True)
+def sheet_rows(path, name):
+    rows = openpyxl.load_workbook(path, read_only=True)[name].iter_rows(values_only=True)
     header = next(rows)
-    return [row for row in (dict(zip(header, values)) for values in rows) if row["study"] == STUDY]
+    return [dict(zip(header, values)) for values in rows]
+
+
+def study_rows(path, study=STUDY):
+    return [row for row in sheet_rows(path, "runs") if row["study"] == study]
 
 
 def by_seed(runs, metric="knn_top1_final"):
@@ -65,10 +70,39 @@ def mixing_table(rows):
               f"{paired[1]} | {mean_std([r['wall_time_s'] / 60 for r in runs])} | {column('images_per_s')} |")
 
 
+def precision_table(path):
+    runs = {"fp32": [r for r in study_rows(path) if r["method"] == "moco" and r["epochs"] and r["aug"] == "ours"
+                     and not r.get("mix")],
+            "bf16": [r for r in study_rows(path, STUDY + "-bf16") if r["method"] == "moco" and r["epochs"]]}
+    seeds = sorted({r["seed"] for r in runs["bf16"]})
+    runs["fp32"] = [r for r in runs["fp32"] if r["seed"] in seeds]  # the pairs
+    print("| MoCo | seeds | kNN top-1 final | linear top-1 | kNN final vs fp32, paired (95% CI) "
+          "| linear vs fp32, paired (95% CI) | minutes a run | images/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for precision, group in runs.items():
+        column = lambda name: mean_std([r[name] for r in group])
+        paired = ["" if precision == "fp32" else str(paired_difference(by_seed(group, metric),
+                                                                       by_seed(runs["fp32"], metric)))
+                  for metric in ("knn_top1_final", "linear_top1")]
+        print(f"| {precision} | {', '.join(str(r['seed']) for r in group)} | {column('knn_top1_final')} | "
+              f"{column('linear_top1')} | {paired[0]} | {paired[1]} | "
+              f"{mean_std([r['wall_time_s'] / 60 for r in group])} | {column('images_per_s')} |")
+    curves = sheet_rows(path, "curves")
+    print("\n| seed | epoch | loss fp32 / bf16 | kNN top-1 fp32 / bf16 | epoch s fp32 / bf16 |\n|---|---|---|---|---|")
+    for seed in seeds:
+        pair = [[c for c in curves if c["run_id"] == next(r["run_id"] for r in runs[p] if r["seed"] == seed)]
+                for p in ("fp32", "bf16")]
+        for a, b in zip(*pair):
+            print(f"| {seed} | {a['epoch']} | {a['loss']:.4f} / {b['loss']:.4f} | {a['knn_top1']:.2f} / "
+                  f"{b['knn_top1']:.2f} | {a['epoch_s']:.0f} / {b['epoch_s']:.0f} |")
+
+
 def main(*argv):
-    mixing = "--mixing" in argv
-    rows = study_rows(next((a for a in argv if a != "--mixing"), "results.xlsx"))
-    (mixing_table if mixing else methods_table)(rows)
+    path = next((a for a in argv if not a.startswith("--")), "results.xlsx")
+    if "--precision" in argv:
+        precision_table(path)
+    else:
+        ("--mixing" in argv and mixing_table or methods_table)(study_rows(path))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 moco=(--method moco --dataset fashionmnist --width 0.25 --crop-size 28 --batch-size 64 --epochs 5 --knn-every 1
       --linear-epochs 100 --linear-protocol probe --grid ours --seeds 3 --study fashionmnist-cpu
-      --bn-splits 2 --lr 0.06 --no-cos --moco-k 4096)
+      --bn-splits 2 --lr 0.06 --no-cos --moco-k 4096 --precision fp32)  # as the plain runs
 python search_augment.py "${moco[@]}" --mix imix --out study-fashionmnist-cpu/moco-imix
 python search_augment.py "${moco[@]}" --baselines --out study-fashionmnist-cpu/moco
 python search_augment.py "${moco[@]}" --mix unmix --out study-fashionmnist-cpu/moco-unmix

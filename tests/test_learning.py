@@ -16,8 +16,9 @@ BYOL 5.0 on seed 0).
 The tests run seed 0, except BYOL's, which runs seed 1: its seed-0 margin sits exactly on the bar, where another
 machine's last-digit differences would decide the check rather than the method.
 
-The margins hold for the floating-point order they were measured with: 2 torch threads, which every check pins (on
-any core count, and under pytest -n, whose workers otherwise run one thread each). With 1 thread the same seed-0
+The margins hold for the floating-point order they were measured with: fp32 and 2 torch threads, which every check
+pins (on any core count, under pytest -n, whose workers otherwise run one thread each, and on a CPU with AMX, where
+--precision auto trains in bf16). With 1 thread the same seed-0
 runs gave SimSiam +0.2 and SwAV +3.2 (2026-12-02): a few epochs of self-supervision are chaotic enough that the
 order of a sum's terms moves a margin by several points, so a check is exact evidence only for one numeric setting.
 """
@@ -33,7 +34,7 @@ import training  # noqa: E402
 from methods import METHODS  # noqa: E402
 
 COMMON = dict(dataset="synthetic", width=0.25, aug="original", knn_k=20, knn_every=0, linear_epochs=0, workers=0,
-              batch_size=64)
+              batch_size=64, precision="fp32")  # the margins' numeric setting: --precision auto is bf16 on AMX
 LEARNING = {
     "moco": dict(epochs=4, moco_k=512, bn_splits=4, cos=False, lr=0.3, mlp=128),
     "simclr": dict(epochs=4, lr=3e-3),  # Adam, 10x the seed's 3e-4

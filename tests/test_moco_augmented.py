@@ -9,6 +9,7 @@ import torch
 from conftest import TINY_MOCO, error_of, log_of, moco_run, sheet_rows, write_cifar10, write_image_folder
 
 import moco_augmented
+import runtime
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,8 @@ def test_synthetic_run_writes_run_dir_and_workbook(tmp_path, capsys):
     assert row["script"] == "moco_augmented.py"
     assert row["method"] == "moco" and row["dataset"] == "synthetic" and row["head"] == "linear 128"
     assert row["aug"] == "ours" and row["crops"] == 3 and row["epochs"] == 2 and row["world_size"] == 1
-    assert 0 <= row["knn_top1_final"] <= 100 and 0 <= row["linear_top1"] <= 100 and row["precision"] == "fp32"
+    assert 0 <= row["knn_top1_final"] <= 100 and 0 <= row["linear_top1"] <= 100
+    assert row["precision"] == runtime.auto_precision(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     assert row["seed"] == 0 and row["debias"] == 0.1 and row["mochi"] == "8 4 2"
     assert len(sheet_rows(tmp_path / "results.xlsx", "curves")) == 2
     out = capsys.readouterr().out
@@ -62,7 +64,7 @@ def test_cifar10_files_in_real_format(tmp_path, trust_checksums):
     (["--resume", "/nonexistent/checkpoint_last.pth"], "does not exist"),
     (["--results", "/nonexistent-dir/results.xlsx"], "results.xlsx"),
     (["--results", "/proc/results.xlsx"], "/proc/results.xlsx"),
-    (["--precision", "bf16"], "needs a CUDA GPU"),
+    (["--precision", "fp16"], "--precision fp16 needs a CUDA GPU"),
     (["--crop-size", "0"], "crop size 0 is out of range"),
     (["--batch-size", "2", "--bn-splits", "2"], "leaves 1 image per BatchNorm batch"),
     (["--width", "-0.5"], "--width must be > 0"),

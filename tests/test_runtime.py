@@ -1,0 +1,65 @@
+"""The runtime's precision choice: what --precision auto picks on each kind of hardware, and a bf16 step on the CPU
+against the same step in fp32."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import runtime
+from cli import UserError
+from methods import MoCo
+from run_options import default_options
+from training import build_model, train_epoch
+
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's precision choice")
+
+
+@cpu_only
+@pytest.mark.parametrize("amx", [False, True])
+def test_auto_picks_bf16_on_a_cpu_only_where_it_has_amx(monkeypatch, amx):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # not enough: unmeasured without AMX
+    assert runtime.setup_runtime("auto").precision == ("bf16" if amx else "fp32")
+    assert runtime.setup_runtime("fp32").precision == "fp32"  # an explicit choice is kept
+    assert runtime.setup_runtime("bf16").precision == "bf16"
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU's flags from Linux")
+def test_the_amx_check_agrees_with_the_cpu_flags_linux_reports():
+    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    assert runtime.cpu_has_amx() == ("amx_tile" in flags.split(":", 1)[1].split())
+
+
+@cpu_only
+def test_fp16_on_a_cpu_is_refused_with_what_to_use_instead():
+    with pytest.raises(UserError, match="--precision fp16 needs a CUDA GPU; on CPU use bf16, fp32 or auto"):
+        runtime.setup_runtime("fp16")
+
+
+def one_moco_step(precision, batch):
+    """One training step of a small MoCo (the CPU recipe's net, width 0.25) on `batch` from the same initial weights:
+    (the step's loss, the change it made to the weights, the dtype the first convolution computed in)."""
+    rt = runtime.Runtime(torch.device("cpu"), precision, normalize=((0.5,) * 3, (0.25,) * 3))
+    torch.manual_seed(0)
+    model, optimizer = build_model(rt, MoCo, default_options(MoCo, width=0.25, moco_k=256), 10, True, 2, "sgd", 0.06,
+                                   5e-4)
+    weights = lambda: torch.cat([p.detach().flatten() for p in model.encoder_q.parameters()])
+    before, dtypes = weights(), []
+    model.backbone.conv1.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    loss, *_ = train_epoch(rt, model, model, [batch], optimizer, lambda t: 0.06, 0, 1)
+    return loss, weights() - before, dtypes[0]
+
+
+def test_a_bf16_step_on_the_cpu_gives_the_fp32_step_s_loss_and_update():
+    generator = torch.Generator().manual_seed(1)
+    batch = ([torch.randint(0, 256, (32, 3, 28, 28), dtype=torch.uint8, generator=generator) for _ in range(2)],
+             torch.zeros(32, dtype=torch.long))
+    loss32, update32, dtype32 = one_moco_step("fp32", batch)
+    loss16, update16, dtype16 = one_moco_step("bf16", batch)
+    assert (dtype32, dtype16) == (torch.float32, torch.bfloat16)  # autocast really ran the convolutions in bf16
+    assert math.isfinite(loss16) and loss16 == pytest.approx(loss32, rel=0.01)  # InfoNCE at K 256: about ln(257)
+    assert torch.isfinite(update16).all() and update16.norm() > 0
+    assert F.cosine_similarity(update16, update32, dim=0) > 0.95
+    assert update16.norm() == pytest.approx(update32.norm().item(), rel=0.1)
