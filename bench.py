@@ -36,7 +36,7 @@ from augmentations import MultiView, build_ops, build_transform
 from cli import ArgumentParser, run_main
 from datasets import dataset_info, load_splits, synthetic_images
 from evaluation import knn_predict, knn_top1
-from loading import TransformDataset, make_train_loader, usable_cores
+from loading import TransformDataset, default_workers, make_train_loader, usable_cores
 from methods import MoCo, SimCLR
 from models import stage_channels
 from run_options import default_options
@@ -346,7 +346,7 @@ def bench_levers(args, device):
     threads = sorted({1, cores}, reverse=True) if device.type == "cpu" else [torch.get_num_threads()]
     settings = [(precision, channels_last, n, False) for precision, channels_last, n
                 in itertools.product(precisions, [False, True], threads)]
-    settings += [(auto, False, max(threads), True)] if args.compile else []
+    settings += [(auto, False, max(threads), True)] if args.compile and device.type == "cpu" else []  # GPU: --step's
     table(f"The CPU recipe's MoCo step (ResNet-18 width 0.25, {size} px, batch {batch} x 2 views, SplitBatchNorm 2, "
           f"K 4096; {args.warmup} warm-up + {args.steps} timed steps on one batch; the GEMM peaks at {threads[0]} threads)",
           device, "precision", "channels_last", "torch threads", "torch.compile", "images/s", "ms/step", "GFLOP/s",
@@ -367,6 +367,8 @@ def bench_levers(args, device):
             f"{flops * rate / 1e9 / peak[dtype]:.3f}", f"{rate / base:.2f}x")
         del model, optimizer, net
     torch.set_num_threads(default_threads)
+    print(f"\nThe GEMM peaks at {threads[0]} threads: fp32 {peak[torch.float32]:,.0f}, bf16 {peak[torch.bfloat16]:,.0f} "
+          "GFLOP/s.")
     bench_levers_end_to_end(args, device, precisions, threads, size, batch, cores)
 
 
@@ -379,7 +381,8 @@ def bench_levers_end_to_end(args, device, precisions, threads, size, batch, core
           f"{batch}; {n:,} synthetic images an epoch, the 2nd of 2 epochs timed)", device, "precision",
           "torch threads", "loader workers", "train images/s", "epoch s")
     default_threads = torch.get_num_threads()
-    for precision, n_threads, workers in itertools.product(precisions, threads, range(1, cores + 1)):
+    workers_list = range(1, cores + 1) if device.type == "cpu" else [default_workers()]  # a GPU node: its default
+    for precision, n_threads, workers in itertools.product(precisions, threads, workers_list):
         torch.set_num_threads(n_threads)
         rt = Runtime(device, precision, normalize=(info.mean, info.std))
         model, optimizer, net = cpu_recipe(rt)

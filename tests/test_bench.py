@@ -1,7 +1,11 @@
 """bench.py at tiny sizes (--quick), so it never rots. Output shape only: no timing assertions."""
 import contextlib
 import io
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +109,15 @@ def test_levers_time_each_precision_layout_and_thread_count_then_each_core_split
     assert [r[:3] for r in end_to_end] == [[p, n, str(w)] for p in precisions for n in threads
                                            for w in range(1, bench.usable_cores() + 1)]
     assert all(re.fullmatch(NUMBER, cell) for r in end_to_end for cell in r[3:])
+
+
+def test_the_peer_benchmark_without_lightly_says_how_to_install_it_in_one_line():
+    """lightly is installed for benchmarks/peer_lightly.py only, never a requirement: without it, one error line."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "peer_lightly.py"
+    env = {**os.environ, "PYTHONPATH": "", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['lightly'] = None; sys.argv = sys.argv[1:]; "
+                           "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')", str(script)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: lightly is not importable") and "pip install --no-deps --target .peer" in line
