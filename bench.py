@@ -329,14 +329,14 @@ def bench_peak(args, device):
             f"{flops * rate / 1e9:,.1f}", f"{flops * rate / 1e9 / peak[torch.float32]:.3f}")
         del model, optimizer, net
 
-def cpu_recipe(rt, compiled=False):
+def cpu_recipe(rt, compiled=False, bn_splits=2):
     """README's CPU recipe for MoCo: ResNet-18 at width 0.25, SplitBatchNorm 2, K 4096, lr 0.06 (28 px, batch 64)."""
-    return method_step(rt, MoCo, default_options(MoCo, width=0.25, moco_k=4096, lr=0.06), compiled, bn_splits=2)
+    return method_step(rt, MoCo, default_options(MoCo, width=0.25, moco_k=4096, lr=0.06), compiled, bn_splits)
 
 
 def bench_levers(args, device):
     """The CPU recipe's MoCo step under each lever: precision (bf16 where the device has it), channels_last, the step's
-    torch threads and torch.compile, on a fixed batch, with the share of its precision's GEMM peak; then end to end
+    torch threads, torch.compile and SplitBatchNorm (against plain BatchNorm), on a fixed batch, with the share of its precision's GEMM peak; then end to end
     through the real two-view loader, for each split of the cores between the step's threads and the loader's
     workers."""
     info, size, batch, cores = dataset_info("synthetic"), 28, args.batch_size, usable_cores()
@@ -344,18 +344,19 @@ def bench_levers(args, device):
     auto = auto_precision(device)
     precisions = ["fp32", *([auto] if auto != "fp32" else [])]
     threads = sorted({1, cores}, reverse=True) if device.type == "cpu" else [torch.get_num_threads()]
-    settings = [(precision, channels_last, n, False) for precision, channels_last, n
+    settings = [(precision, channels_last, n, False, 2) for precision, channels_last, n
                 in itertools.product(precisions, [False, True], threads)]
-    settings += [(auto, False, max(threads), True)] if args.compile and device.type == "cpu" else []  # GPU: --step's
+    settings += [(auto, False, max(threads), False, 1)]  # what SplitBatchNorm's reshapes and stat copies cost
+    settings += [(auto, False, max(threads), True, 2)] if args.compile and device.type == "cpu" else []  # GPU: --step
     table(f"The CPU recipe's MoCo step (ResNet-18 width 0.25, {size} px, batch {batch} x 2 views, SplitBatchNorm 2, "
           f"K 4096; {args.warmup} warm-up + {args.steps} timed steps on one batch; the GEMM peaks at {threads[0]} threads)",
-          device, "precision", "channels_last", "torch threads", "torch.compile", "images/s", "ms/step", "GFLOP/s",
-          "share of its precision's GEMM peak", "vs the first row")
+          device, "precision", "channels_last", "torch threads", "torch.compile", "BatchNorm", "images/s", "ms/step",
+          "GFLOP/s", "share of its precision's GEMM peak", "vs the first row")
     default_threads, flops, base = torch.get_num_threads(), None, None
-    for precision, channels_last, n, compiled in settings:
+    for precision, channels_last, n, compiled, bn_splits in settings:
         torch.set_num_threads(n)
         rt = Runtime(device, precision, channels_last=channels_last, normalize=(info.mean, info.std))
-        model, optimizer, net = cpu_recipe(rt, compiled)
+        model, optimizer, net = cpu_recipe(rt, compiled, bn_splits)
         flops = flops or step_flops(rt, model, net, optimizer, batch, size)  # the same FLOPs in every precision
         if compiled:  # the first step compiles
             compile_s = timed(device, lambda: steps_per_second(rt, model, net, optimizer, batch, 0, 1, size))
@@ -363,7 +364,7 @@ def bench_levers(args, device):
         base = base or rate
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         row(precision, "on" if channels_last else "off", n, f"on (first step {compile_s:.0f} s)" if compiled else "off",
-            f"{rate * batch:,.0f}", f"{1000 / rate:.0f}", f"{flops * rate / 1e9:,.1f}",
+            f"{bn_splits} splits" if bn_splits > 1 else "plain", f"{rate * batch:,.0f}", f"{1000 / rate:.0f}", f"{flops * rate / 1e9:,.1f}",
             f"{flops * rate / 1e9 / peak[dtype]:.3f}", f"{rate / base:.2f}x")
         del model, optimizer, net
     torch.set_num_threads(default_threads)

@@ -102,9 +102,10 @@ def test_levers_time_each_precision_layout_and_thread_count_then_each_core_split
     precisions = ["fp32", mixed] if mixed else ["fp32"]
     threads = sorted({"1", str(bench.usable_cores())}, reverse=True)
     step = rows(output, "The CPU recipe's MoCo step")
-    assert [r[:4] for r in step] == [[p, cl, n, "off"] for p in precisions for cl in ("off", "on") for n in threads]
-    assert all(re.fullmatch(NUMBER, cell) for r in step for cell in r[4:7]) and step[0][8] == "1.00x"
-    assert all(0 < float(r[7]) for r in step)  # FLOPs x steps/s over the GEMM peak of the row's precision
+    assert [r[:5] for r in step] == [[p, cl, n, "off", "2 splits"] for p in precisions for cl in ("off", "on")
+                                     for n in threads] + [[precisions[-1], "off", threads[0], "off", "plain"]]
+    assert all(re.fullmatch(NUMBER, cell) for r in step for cell in r[5:8]) and step[0][9] == "1.00x"
+    assert all(0 < float(r[8]) for r in step)  # FLOPs x steps/s over the GEMM peak of the row's precision
     end_to_end = rows(output, "The CPU recipe end to end")
     assert [r[:3] for r in end_to_end] == [[p, n, str(w)] for p in precisions for n in threads
                                            for w in range(1, bench.usable_cores() + 1)]
