@@ -336,9 +336,9 @@ def cpu_recipe(rt, compiled=False, bn_splits=2):
 
 def bench_levers(args, device):
     """The CPU recipe's MoCo step under each lever: precision (bf16 where the device has it), channels_last, the step's
-    torch threads, torch.compile and SplitBatchNorm (against plain BatchNorm), on a fixed batch, with the share of its precision's GEMM peak; then end to end
-    through the real two-view loader, for each split of the cores between the step's threads and the loader's
-    workers."""
+    torch threads, torch.compile and SplitBatchNorm (against plain BatchNorm), on a fixed batch, with the share of its
+    precision's GEMM peak; then end to end through the real two-view loader, for each split of the cores between the
+    step's threads and the loader's workers."""
     info, size, batch, cores = dataset_info("synthetic"), 28, args.batch_size, usable_cores()
     peak = gemm_peaks(args, device)
     auto = auto_precision(device)
@@ -349,9 +349,9 @@ def bench_levers(args, device):
     settings += [(auto, False, max(threads), False, 1)]  # what SplitBatchNorm's reshapes and stat copies cost
     settings += [(auto, False, max(threads), True, 2)] if args.compile and device.type == "cpu" else []  # GPU: --step
     table(f"The CPU recipe's MoCo step (ResNet-18 width 0.25, {size} px, batch {batch} x 2 views, SplitBatchNorm 2, "
-          f"K 4096; {args.warmup} warm-up + {args.steps} timed steps on one batch; the GEMM peaks at {threads[0]} threads)",
-          device, "precision", "channels_last", "torch threads", "torch.compile", "BatchNorm", "images/s", "ms/step",
-          "GFLOP/s", "share of its precision's GEMM peak", "vs the first row")
+          f"K 4096; {args.warmup} warm-up + {args.steps} timed steps on one batch; the GEMM peaks at {threads[0]} "
+          "threads)", device, "precision", "channels_last", "torch threads", "torch.compile", "BatchNorm", "images/s",
+          "ms/step", "GFLOP/s", "share of its precision's GEMM peak", "vs the first row")
     default_threads, flops, base = torch.get_num_threads(), None, None
     for precision, channels_last, n, compiled, bn_splits in settings:
         torch.set_num_threads(n)
@@ -364,12 +364,12 @@ def bench_levers(args, device):
         base = base or rate
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         row(precision, "on" if channels_last else "off", n, f"on (first step {compile_s:.0f} s)" if compiled else "off",
-            f"{bn_splits} splits" if bn_splits > 1 else "plain", f"{rate * batch:,.0f}", f"{1000 / rate:.0f}", f"{flops * rate / 1e9:,.1f}",
-            f"{flops * rate / 1e9 / peak[dtype]:.3f}", f"{rate / base:.2f}x")
+            f"{bn_splits} splits" if bn_splits > 1 else "plain", f"{rate * batch:,.0f}", f"{1000 / rate:.0f}",
+            f"{flops * rate / 1e9:,.1f}", f"{flops * rate / 1e9 / peak[dtype]:.3f}", f"{rate / base:.2f}x")
         del model, optimizer, net
     torch.set_num_threads(default_threads)
-    print(f"\nThe GEMM peaks at {threads[0]} threads: fp32 {peak[torch.float32]:,.0f}, bf16 {peak[torch.bfloat16]:,.0f} "
-          "GFLOP/s.")
+    print(f"\nThe GEMM peaks at {threads[0]} threads: fp32 {peak[torch.float32]:,.0f}, "
+          f"bf16 {peak[torch.bfloat16]:,.0f} GFLOP/s.")
     bench_levers_end_to_end(args, device, precisions, threads, size, batch, cores)
 
 

@@ -122,8 +122,8 @@ def main(argv=None):
             step_s[name].append(timed(cpu, lambda: steps(args.steps)))
     images = args.images // BATCH * BATCH
     table(f"MoCo side by side with lightly (ResNet-18 CIFAR stem, SplitBatchNorm 8, batch {BATCH}, 32 px, K {QUEUE}, "
-          f"{torch.get_num_threads()} threads, {WORKERS} workers; {args.rounds} interleaved rounds of one {images:,}-image "
-          f"epoch and {args.steps} steps on one batch; medians)", cpu, "side", "end to end images/s",
+          f"{torch.get_num_threads()} threads, {WORKERS} workers; {args.rounds} interleaved rounds of one "
+          f"{images:,}-image epoch and {args.steps} steps on one batch; medians)", cpu, "side", "end to end images/s",
           "step images/s", "end to end vs lightly (per round: median, range)", "step vs lightly (median, range)")
     for name in names:
         cells = []
