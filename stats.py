@@ -1,4 +1,5 @@
-"""The statistics a study reports: mean ± sample std over seeds, and the paired difference of two settings.
+"""The statistics a study reports: mean ± sample std over seeds, the paired difference of two settings, and how
+well a cheap proxy ranks settings as the full study does.
 
 Runs that share a seed share their initialisation, subset and data order, so two augmentation specs are compared
 seed by seed: d_s = score(spec, seed s) - score(reference, seed s), and the 95% confidence interval of the mean
@@ -9,6 +10,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from scipy.stats import spearmanr
 from scipy.stats import t as student_t
 
 
@@ -49,3 +51,13 @@ def paired_difference(scores, reference):
         return Paired(mean, None, None, 1)
     half = student_t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
     return Paired(mean, mean - half, mean + half, len(differences))
+
+
+def rank_agreement(proxy, study):
+    """Spearman's rank correlation of a proxy's scores with the study's, both {setting: score}, over the settings both
+    have (ties share their mean rank): 1 when the proxy orders the settings as the study does, -1 when it reverses
+    them. None with fewer than 3 shared settings, where any order agrees or disagrees by chance."""
+    shared = [k for k in proxy if k in study and proxy[k] is not None and study[k] is not None]
+    if len(shared) < 3:
+        return None
+    return float(spearmanr([proxy[k] for k in shared], [study[k] for k in shared]).statistic)

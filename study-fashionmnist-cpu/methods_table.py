@@ -2,18 +2,23 @@
     python study-fashionmnist-cpu/methods_table.py [results.xlsx]            # the methods table (methods.sh)
     python study-fashionmnist-cpu/methods_table.py --mixing [results.xlsx]   # MoCo with --mix (mixing.sh)
     python study-fashionmnist-cpu/methods_table.py --precision [results.xlsx]  # MoCo in bf16 vs fp32 (bf16.sh)
+    python study-fashionmnist-cpu/methods_table.py --proxy [results.xlsx]    # the search's proxy vs the study
 Per method: its trained runs (aug `ours`, no mixing) and the same network at init (`--epochs 0`, aug `eval`), seed by
 seed. Mixing: MoCo's runs of each --mix kind against its plain runs, seed by seed. Precision: MoCo's bf16 runs (study
-fashionmnist-cpu-bf16) against its fp32 runs, seed by seed, and their curves epoch by epoch."""
+fashionmnist-cpu-bf16) against its fp32 runs, seed by seed, and their curves epoch by epoch. Proxy: the seed's five
+specs as the study scores them (MoCo, 5 epochs, kNN on the test set, mean over seeds) and as the search's proxy does
+(augmentations.sh step 2: 2 epochs, kNN k 20 on a 250-image validation split), and Spearman's rank correlation."""
+import statistics
 import sys
 from pathlib import Path
 
 import openpyxl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stats import mean_std, paired_difference  # noqa: E402
+from stats import mean_std, paired_difference, rank_agreement  # noqa: E402
 
 STUDY, METHODS = "fashionmnist-cpu", ["moco", "simclr", "byol", "simsiam", "swav", "supervised"]
+SPECS = ["original", "ours", "ours-solarize", "ours-clahe", "ours-brightness_contrast"]  # the seed's comparison
 
 
 def sheet_rows(path, name):
@@ -97,10 +102,29 @@ def precision_table(path):
                   f"{b['knn_top1']:.2f} | {a['epoch_s']:.0f} / {b['epoch_s']:.0f} |")
 
 
+def proxy_table(path):
+    study = [r for r in study_rows(path) if r["method"] == "moco" and r["epochs"] == 5 and not r.get("mix")]
+    proxy = study_rows(path, STUDY + "-proxy")
+    mean = lambda runs, spec: statistics.fmean(values) if (values := [r["knn_top1_final"] for r in runs
+                                                                       if r["aug"] == spec]) else None
+    study_score = {spec: mean(study, spec) for spec in SPECS}
+    proxy_score = {spec: mean(proxy, spec) for spec in SPECS}
+    print("| spec | study: kNN top-1 final (seeds) | proxy: validation kNN top-1 (seeds) |\n|---|---|---|")
+    for spec in SPECS:
+        cell = lambda runs: (f"{mean_std([r['knn_top1_final'] for r in runs if r['aug'] == spec])} "
+                             f"({', '.join(str(r['seed']) for r in runs if r['aug'] == spec) or 'not run'})")
+        print(f"| {spec} | {cell(study)} | {cell(proxy)} |")
+    rho = rank_agreement(proxy_score, study_score)
+    rho = "n/a (under 3 specs in both)" if rho is None else f"{rho:.2f}"
+    print(f"\nSpearman's rank correlation of the proxy with the study: {rho}")
+
+
 def main(*argv):
     path = next((a for a in argv if not a.startswith("--")), "results.xlsx")
     if "--precision" in argv:
         precision_table(path)
+    elif "--proxy" in argv:
+        proxy_table(path)
     else:
         ("--mixing" in argv and mixing_table or methods_table)(study_rows(path))
 

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from stats import mean_std, paired_difference
+from stats import mean_std, paired_difference, rank_agreement
 
 T_975 = {1: 12.706204736174707, 2: 4.302652729749464, 3: 3.182446305284263}  # t-table, 95% two-sided, by n - 1
 
@@ -41,3 +41,22 @@ def test_only_shared_seeds_pair_up():
 def test_mean_std_prints_the_sample_std():
     assert mean_std([70.0, 72.0, None]) == f"71.00 ± {math.sqrt(2):.2f}" and mean_std([70.0]) == "70.00"
     assert mean_std([None]) == ""
+
+
+def test_rank_agreement_is_spearmans_formula_on_untied_scores():
+    study = {"original": 80.0, "ours": 83.0, "ours-solarize": 82.0, "ours-clahe": 81.0, "ours-brightness": 84.0}
+    proxy = {"original": 41.0, "ours": 45.0, "ours-solarize": 47.0, "ours-clahe": 40.0, "ours-brightness": 46.0}
+    # ranks study 1 4 3 2 5, proxy 2 3 5 1 4: d = -1 1 -2 1 1, sum d² = 8; rho = 1 - 6·8 / (5·(25 - 1)) = 0.6
+    assert rank_agreement(proxy, study) == pytest.approx(0.6)
+    assert rank_agreement(study, study) == pytest.approx(1.0)
+    assert rank_agreement({k: -v for k, v in study.items()}, study) == pytest.approx(-1.0)
+
+
+def test_rank_agreement_pairs_shared_settings_and_ties_share_their_mean_rank():
+    study = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}
+    # proxy ties b and c: ranks 1, 2.5, 2.5, 4 against 1, 2, 3, 4; Pearson of the ranks, as Spearman with ties
+    ranks, mean = [1, 2.5, 2.5, 4], 2.5
+    expected = sum((r - mean) * (q - mean) for r, q in zip(ranks, [1, 2, 3, 4])) / math.sqrt(
+        sum((r - mean) ** 2 for r in ranks) * sum((q - mean) ** 2 for q in [1, 2, 3, 4]))
+    assert rank_agreement({"a": 0.1, "b": 0.5, "c": 0.5, "d": 0.9, "e": 0.0}, study) == pytest.approx(expected)
+    assert rank_agreement({"a": 1.0, "b": 2.0, "x": 3.0}, study) is None  # 2 shared settings say nothing
