@@ -220,8 +220,8 @@ def steps_per_second(rt, model, net, optimizer, batch, warmup, steps, size=32):
 
 
 def mixed_precision(device):
-    """The mixed precision the scripts' --precision auto picks on this device (bf16 on a CPU with bf16 instructions);
-    None where it picks fp32."""
+    """The mixed precision the scripts' --precision auto picks on this device (bf16 on a CPU with AMX); None where it
+    picks fp32."""
     return None if auto_precision(device) == "fp32" else auto_precision(device)
 
 
@@ -257,8 +257,8 @@ def bench_step(args, device):
             moco_best = max(moco_best, rate * args.batch_size)
         del model, optimizer, net
     if not mixed:
-        print("\nfp32 only: this device has no fast bf16 (a CUDA GPU, or a CPU with AVX512-BF16 or AMX).")
-    elif torch.backends.cudnn.allow_tf32:
+        print("\nfp32 only: --precision auto picks fp32 here (bf16 needs a CUDA GPU or a CPU with AMX).")
+    elif cuda and torch.backends.cudnn.allow_tf32:
         print("\nfp32 rows run convolutions and matmuls in TF32, as runtime.setup_runtime sets for the scripts.")
     free_memory(device)
     return moco_best
@@ -329,6 +329,7 @@ def bench_peak(args, device):
             f"{flops * rate / 1e9:,.1f}", f"{flops * rate / 1e9 / peak[torch.float32]:.3f}")
         del model, optimizer, net
 
+
 def cpu_recipe(rt, compiled=False, bn_splits=2):
     """README's CPU recipe for MoCo: ResNet-18 at width 0.25, SplitBatchNorm 2, K 4096, lr 0.06 (28 px, batch 64)."""
     return method_step(rt, MoCo, default_options(MoCo, width=0.25, moco_k=4096, lr=0.06), compiled, bn_splits)
@@ -340,10 +341,22 @@ def bench_levers(args, device):
     precision's GEMM peak; then end to end through the real two-view loader, for each split of the cores between the
     step's threads and the loader's workers."""
     info, size, batch, cores = dataset_info("synthetic"), 28, args.batch_size, usable_cores()
-    peak = gemm_peaks(args, device)
     auto = auto_precision(device)
     precisions = ["fp32", *([auto] if auto != "fp32" else [])]
-    threads = sorted({1, cores}, reverse=True) if device.type == "cpu" else [torch.get_num_threads()]
+    # --quick (the test) and a GPU: the process's own thread count only
+    threads = sorted({1, cores}, reverse=True) if device.type == "cpu" and not args.quick else [torch.get_num_threads()]
+    default_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads[0])
+        peak = gemm_peaks(args, device)
+        levers_step(args, device, info, size, batch, precisions, threads, peak)
+        levers_end_to_end(args, device, precisions, threads, size, batch, cores)
+    finally:
+        torch.set_num_threads(default_threads)
+
+
+def levers_step(args, device, info, size, batch, precisions, threads, peak):
+    auto = precisions[-1]
     settings = [(precision, channels_last, n, False, 2) for precision, channels_last, n
                 in itertools.product(precisions, [False, True], threads)]
     settings += [(auto, False, max(threads), False, 1)]  # what SplitBatchNorm's reshapes and stat copies cost
@@ -352,7 +365,7 @@ def bench_levers(args, device):
           f"K 4096; {args.warmup} warm-up + {args.steps} timed steps on one batch; the GEMM peaks at {threads[0]} "
           "threads)", device, "precision", "channels_last", "torch threads", "torch.compile", "BatchNorm", "images/s",
           "ms/step", "GFLOP/s", "share of its precision's GEMM peak", "vs the first row")
-    default_threads, flops, base = torch.get_num_threads(), None, None
+    flops, base = None, None
     for precision, channels_last, n, compiled, bn_splits in settings:
         torch.set_num_threads(n)
         rt = Runtime(device, precision, channels_last=channels_last, normalize=(info.mean, info.std))
@@ -367,13 +380,12 @@ def bench_levers(args, device):
             f"{bn_splits} splits" if bn_splits > 1 else "plain", f"{rate * batch:,.0f}", f"{1000 / rate:.0f}",
             f"{flops * rate / 1e9:,.1f}", f"{flops * rate / 1e9 / peak[dtype]:.3f}", f"{rate / base:.2f}x")
         del model, optimizer, net
-    torch.set_num_threads(default_threads)
+        free_memory(device)
     print(f"\nThe GEMM peaks at {threads[0]} threads: fp32 {peak[torch.float32]:,.0f}, "
           f"bf16 {peak[torch.bfloat16]:,.0f} GFLOP/s.")
-    bench_levers_end_to_end(args, device, precisions, threads, size, batch, cores)
 
 
-def bench_levers_end_to_end(args, device, precisions, threads, size, batch, cores):
+def levers_end_to_end(args, device, precisions, threads, size, batch, cores):
     n = args.levers_images
     splits = load_splits("synthetic", synthetic_size=(n, batch))
     info = splits.info
@@ -381,8 +393,8 @@ def bench_levers_end_to_end(args, device, precisions, threads, size, batch, core
     table(f"The CPU recipe end to end: its MoCo step fed by the real two-view loader (aug 'ours', {size} px, batch "
           f"{batch}; {n:,} synthetic images an epoch, the 2nd of 2 epochs timed)", device, "precision",
           "torch threads", "loader workers", "train images/s", "epoch s")
-    default_threads = torch.get_num_threads()
-    workers_list = range(1, cores + 1) if device.type == "cpu" else [default_workers()]  # a GPU node: its default
+    # every split of a CPU's cores; --quick: one worker; a GPU node: its default
+    workers_list = [1] if args.quick else range(1, cores + 1) if device.type == "cpu" else [default_workers()]
     for precision, n_threads, workers in itertools.product(precisions, threads, workers_list):
         torch.set_num_threads(n_threads)
         rt = Runtime(device, precision, normalize=(info.mean, info.std))
@@ -393,7 +405,7 @@ def bench_levers_end_to_end(args, device, precisions, threads, size, batch, core
         seconds = timed(device, lambda: epoch(1))
         row(precision, n_threads, workers, f"{n / seconds:,.0f}", f"{seconds:.1f}")
         del model, optimizer, net, loader
-    torch.set_num_threads(default_threads)
+        free_memory(device)  # gc.collect: the loader's persistent workers end before the next row
 
 
 def bench_epoch(args, device):
@@ -458,14 +470,15 @@ def parse_args(argv, cuda):
     p.add_argument("--width", type=float, nargs="+", help="widths: backbone widths (1 0.5 0.25)")
     p.add_argument("--sizes", type=int, nargs="+", help="widths: crop sizes in px (28 32)")
     p.add_argument("--compile", action="store_true",
-                   help="step, levers: also time torch.compile at the scripts' default setting (compiling takes minutes)")
+                   help="step, levers: also time torch.compile at the scripts' default setting (it takes minutes)")
     p.add_argument("--epoch-images", type=int, help="epoch: synthetic images (50,000 on GPU, 4 batches on CPU)")
     p.add_argument("--knn-size", type=int, nargs=2, metavar=("BANK", "QUERIES"), help="knn: (50000 10000)")
     p.add_argument("--gemm-size", type=int, help="peak: the square GEMM's side (4096 on GPU, 2048 on CPU)")
     args = p.parse_args(argv)
     args.modes = [mode for mode in MODES if args.all or getattr(args, mode)]
     if not args.modes:
-        p.error("choose at least one mode: --aug, --loader, --step, --widths, --epoch, --knn, --peak or --all")
+        p.error("choose at least one mode: --aug, --loader, --step, --widths, --epoch, --knn, --peak, --levers or "
+                "--all")
     quick, cpu = args.quick, not cuda  # an explicit option wins over --quick, --quick over the CPU default
     args.seconds = args.seconds or (0.02 if quick else 1.0)
     args.rounds = 1 if quick else 3

@@ -37,7 +37,7 @@ SEARCH_COLUMNS = ["study", "trial", "policy", "proxy_score", "state", "seconds",
 SEARCH_REQUIRED = SEARCH_COLUMNS[:6]
 REFERENCE_COLUMNS = ["source", "method", "dataset", "config", "epochs", "metric", "value"]
 JSON_COLUMNS = ["policy", "method_options", "args"]  # long texts: a one-line preview in `runs`, in full in `args`
-SUMMARY_KEYS = ["study", "dataset", "method", "arch", "crop_size", "aug", "mix", "epochs"]  # seeds of one setting
+SUMMARY_KEYS = ["study", "dataset", "method", "arch", "crop_size", "aug", "mix", "epochs", "precision"]  # one setting
 COMPARED_KEYS = ["aug", "mix"]  # what the settings of one comparison differ in (the augmentation, with its mixing)
 SUMMARY_METRICS = ["knn_top1_final", "knn_top1_best", "linear_top1"]
 # each setting's kNN top-1 final against the reference of its comparison (the same setting but for the aug and the
@@ -380,7 +380,7 @@ def _next_run_id(runs):
 
 def _rebuild_summary(workbook):
     """Mean ± sample std over the runs (seeds) of each setting (SUMMARY_KEYS: a study, or rows without one, split by
-    dataset, method, backbone, crop size, aug, mixing and epochs); hardware does not split them."""
+    dataset, method, backbone, crop size, aug, mixing, epochs and precision); hardware does not split them."""
     groups, references = {}, {}
     for record in _records(workbook["runs"]):
         groups.setdefault(_setting(record), []).append(record)

@@ -56,8 +56,9 @@ def paired_difference(scores, reference):
 def rank_agreement(proxy, study):
     """Spearman's rank correlation of a proxy's scores with the study's, both {setting: score}, over the settings both
     have (ties share their mean rank): 1 when the proxy orders the settings as the study does, -1 when it reverses
-    them. None with fewer than 3 shared settings, where any order agrees or disagrees by chance."""
+    them. None with fewer than 3 shared settings, where any order agrees or disagrees by chance, and where either
+    side scores them all the same (no order to agree with)."""
     shared = [k for k in proxy if k in study and proxy[k] is not None and study[k] is not None]
-    if len(shared) < 3:
+    if len(shared) < 3 or len({proxy[k] for k in shared}) == 1 or len({study[k] for k in shared}) == 1:
         return None
     return float(spearmanr([proxy[k] for k in shared], [study[k] for k in shared]).statistic)

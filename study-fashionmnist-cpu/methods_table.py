@@ -27,8 +27,9 @@ def sheet_rows(path, name):
     return [dict(zip(header, values)) for values in rows]
 
 
-def study_rows(path, study=STUDY):
-    return [row for row in sheet_rows(path, "runs") if row["study"] == study]
+def study_rows(path, study=STUDY, precision="fp32"):
+    """The study's runs in one precision: README's commands without --precision train bf16 on a CPU with AMX."""
+    return [row for row in sheet_rows(path, "runs") if row["study"] == study and row["precision"] == precision]
 
 
 def by_seed(runs, metric="knn_top1_final"):
@@ -78,9 +79,9 @@ def mixing_table(rows):
 def precision_table(path):
     runs = {"fp32": [r for r in study_rows(path) if r["method"] == "moco" and r["epochs"] and r["aug"] == "ours"
                      and not r.get("mix")],
-            "bf16": [r for r in study_rows(path, STUDY + "-bf16") if r["method"] == "moco" and r["epochs"]]}
-    seeds = sorted({r["seed"] for r in runs["bf16"]})
-    runs["fp32"] = [r for r in runs["fp32"] if r["seed"] in seeds]  # the pairs
+            "bf16": [r for r in study_rows(path, STUDY + "-bf16", "bf16") if r["method"] == "moco" and r["epochs"]]}
+    seeds = sorted({r["seed"] for r in runs["bf16"]} & {r["seed"] for r in runs["fp32"]})  # the pairs
+    runs = {precision: [r for r in group if r["seed"] in seeds] for precision, group in runs.items()}
     print("| MoCo | seeds | kNN top-1 final | linear top-1 | kNN final vs fp32, paired (95% CI) "
           "| linear vs fp32, paired (95% CI) | minutes a run | images/s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -284,6 +284,16 @@ def test_summary_never_mixes_two_studies_or_backbones(tmp_path):
         ("aug-study", "resnet18 x0.25", 28): (1, 50.0)}
 
 
+def test_summary_keeps_two_precisions_apart(tmp_path):
+    """--precision auto is bf16 on one machine and fp32 on another: the same command's seeds must not average across."""
+    path = tmp_path / "results.xlsx"
+    for precision, seed, final in [("fp32", 0, 80.0), ("fp32", 1, 82.0), ("bf16", 0, 70.0), ("bf16", 1, 71.0)]:
+        results.append_run(path, make_run(study="cpu-recipe", precision=precision, seed=seed, knn_top1_final=final), [])
+    summary = {r["precision"]: r for r in records(openpyxl.load_workbook(path)["summary"])}
+    assert {p: (r["runs"], r["knn_top1_final_mean"]) for p, r in summary.items()} == {"fp32": (2, 81.0),
+                                                                                    "bf16": (2, 70.5)}
+
+
 def make_trials(study, n):
     return [{"study": study, "trial": t, "policy": {"ops": [["Solarize", 0.2, 128]]}, "proxy_score": 40.0 + t,
              "state": "COMPLETE", "seconds": 12.5 * t, "seed": 0} for t in range(n)]

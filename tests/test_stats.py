@@ -60,3 +60,4 @@ def test_rank_agreement_pairs_shared_settings_and_ties_share_their_mean_rank():
         sum((r - mean) ** 2 for r in ranks) * sum((q - mean) ** 2 for q in [1, 2, 3, 4]))
     assert rank_agreement({"a": 0.1, "b": 0.5, "c": 0.5, "d": 0.9, "e": 0.0}, study) == pytest.approx(expected)
     assert rank_agreement({"a": 1.0, "b": 2.0, "x": 3.0}, study) is None  # 2 shared settings say nothing
+    assert rank_agreement({"a": 5.0, "b": 5.0, "c": 5.0}, study) is None  # a proxy that cannot tell them apart
