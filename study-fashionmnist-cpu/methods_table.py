@@ -2,12 +2,14 @@
     python study-fashionmnist-cpu/methods_table.py [results.xlsx]            # the methods table (methods.sh)
     python study-fashionmnist-cpu/methods_table.py --mixing [results.xlsx]   # MoCo with --mix (mixing.sh)
     python study-fashionmnist-cpu/methods_table.py --precision [results.xlsx]  # MoCo in bf16 vs fp32 (bf16.sh)
+    python study-fashionmnist-cpu/methods_table.py --augmentations [results.xlsx]  # the seed's specs (augmentations.sh)
     python study-fashionmnist-cpu/methods_table.py --proxy [results.xlsx]    # the search's proxy vs the study
 Per method: its trained runs (aug `ours`, no mixing) and the same network at init (`--epochs 0`, aug `eval`), seed by
-seed. Mixing: MoCo's runs of each --mix kind against its plain runs, seed by seed. Precision: MoCo's bf16 runs (study
-fashionmnist-cpu-bf16) against its fp32 runs, seed by seed, and their curves epoch by epoch. Proxy: the seed's five
-specs as the study scores them (MoCo, 5 epochs, kNN on the test set, mean over seeds) and as the search's proxy does
-(augmentations.sh step 2: 2 epochs, kNN k 20 on a 250-image validation split), and Spearman's rank correlation."""
+seed. Augmentations: MoCo's runs of the seed's five specs, each paired seed by seed with `original`. Mixing: MoCo's
+runs of each --mix kind against its plain runs, seed by seed. Precision: MoCo's bf16 runs (study fashionmnist-cpu-bf16)
+against its fp32 runs, seed by seed, and their curves epoch by epoch. Proxy: the seed's five specs as the study scores
+them (MoCo, 5 epochs, kNN on the test set, mean over seeds) and as the search's proxy does (augmentations.sh step 2:
+2 epochs, kNN k 20 on a 250-image validation split), and Spearman's rank correlation."""
 import statistics
 import sys
 from pathlib import Path
@@ -41,7 +43,7 @@ def methods_table(rows):
           "| kNN - init, paired | minutes a run | images/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for method in METHODS:
-        trained = [r for r in rows if r["method"] == method and r["epochs"] and not r.get("mix")]
+        trained = [r for r in rows if r["method"] == method and r["epochs"] and r["aug"] == "ours" and not r.get("mix")]
         init = [r for r in rows if r["method"] == method and not r["epochs"]]
         if not trained:
             continue
@@ -58,6 +60,22 @@ def methods_table(rows):
         knn, linear = pixels[0]["knn_top1_final"], pixels[0]["linear_top1"]
         print(f"| raw pixels (28 px) | | {knn:.2f} | | {linear:.2f} | | | | |")
 
+
+def augmentations_table(rows, reference="original"):
+    moco = [r for r in rows if r["method"] == "moco" and r["epochs"] == 5 and not r.get("mix")]
+    print("| spec | seeds | kNN top-1 final | linear top-1 | kNN final vs original, paired (95% CI) "
+          "| linear vs original, paired (95% CI) |")
+    print("|---|---|---|---|---|---|")
+    for spec in SPECS:
+        runs = [r for r in moco if r["aug"] == spec]
+        if not runs:
+            continue
+        column = lambda name: mean_std([r[name] for r in runs])
+        paired = ["" if spec == reference else str(paired_difference(
+            by_seed(runs, metric), by_seed([r for r in moco if r["aug"] == reference], metric)))
+            for metric in ("knn_top1_final", "linear_top1")]
+        print(f"| {spec} | {', '.join(str(r['seed']) for r in sorted(runs, key=lambda r: r['seed']))} | "
+              f"{column('knn_top1_final')} | {column('linear_top1')} | {paired[0]} | {paired[1]} |")
 
 
 def mixing_table(rows):
@@ -124,6 +142,8 @@ def main(*argv):
     path = next((a for a in argv if not a.startswith("--")), "results.xlsx")
     if "--precision" in argv:
         precision_table(path)
+    elif "--augmentations" in argv:
+        augmentations_table(study_rows(path))
     elif "--proxy" in argv:
         proxy_table(path)
     else:

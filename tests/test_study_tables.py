@@ -1,0 +1,66 @@
+"""README's study tables (study-fashionmnist-cpu/methods_table.py) from a small results.xlsx written by results.py."""
+import importlib.util
+import math
+import statistics
+from pathlib import Path
+
+import results
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("methods_table", REPO / "study-fashionmnist-cpu" / "methods_table.py")
+methods_table = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(methods_table)
+T_975_DF2 = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom (a printed table's 4.303)
+
+
+def study_run(aug, seed, knn, linear, epochs=5, **overrides):
+    return {"study": "fashionmnist-cpu", "script": "search_augment.py", "method": "moco", "dataset": "fashionmnist",
+            "arch": "resnet18", "aug": aug, "crop_size": 28, "epochs": epochs, "precision": "fp32", "seed": seed,
+            "knn_top1_final": knn, "knn_top1_best": knn, "linear_top1": linear, "wall_time_s": 600.0,
+            "images_per_s": 300.0, **overrides}
+
+
+def study_workbook(tmp_path):
+    path = tmp_path / "results.xlsx"
+    knn = {"original": [81.0, 80.0, 82.0], "ours": [83.0, 82.5, 84.0], "ours-solarize": [82.0, 82.5, 83.5]}
+    for aug, scores in knn.items():
+        for seed, score in enumerate(scores):
+            results.append_run(path, study_run(aug, seed, score, score + 3), [])
+    for seed in range(3):
+        results.append_run(path, study_run("eval", seed, 75.0, 78.0, epochs=0), [])
+    results.append_run(path, study_run("ours", 0, 70.0, 71.0, mix="imix"), [])  # another study's row, not in the tables
+    results.append_run(path, study_run("ours", 1, 99.0, 99.0, precision="bf16"), [])
+    return path, knn
+
+
+def table(text, first_cell):
+    """The cells of the markdown row whose first cell is `first_cell`."""
+    return next([c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+                if line.startswith(f"| {first_cell} |"))
+
+
+def test_methods_table_row_is_the_ours_runs_alone(tmp_path, capsys):
+    path, knn = study_workbook(tmp_path)
+    methods_table.main(str(path))
+    moco = table(capsys.readouterr().out, "moco")
+    assert moco[1] == "0, 1, 2"  # not the other specs', the mixing's or the bf16 runs' seeds
+    assert moco[2] == f"{statistics.mean(knn['ours']):.2f} ± {statistics.stdev(knn['ours']):.2f}"
+    gain = [k - 75.0 for k in knn["ours"]]
+    assert moco[6].startswith(f"+{statistics.mean(gain):.2f}")
+
+
+def test_augmentations_table_pairs_each_spec_with_original_seed_by_seed(tmp_path, capsys):
+    path, knn = study_workbook(tmp_path)
+    methods_table.main("--augmentations", str(path))
+    out = capsys.readouterr().out
+    assert table(out, "original")[4:] == ["", ""]
+    for spec in ("ours", "ours-solarize"):
+        row = table(out, spec)
+        assert row[1] == "0, 1, 2"
+        differences = [a - b for a, b in zip(knn[spec], knn["original"])]
+        mean = sum(differences) / 3
+        half = T_975_DF2 * math.sqrt(sum((d - mean) ** 2 for d in differences) / 2) / math.sqrt(3)
+        assert row[4].startswith(f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]")
+        assert row[4] == row[5]  # linear is kNN + 3 on every run: the same differences
+    assert table(out, "ours")[4].endswith("*") and not table(out, "ours-solarize")[4].endswith("*")
+    assert "ours-clahe" not in out  # not run yet: no row
