@@ -206,14 +206,18 @@ def simclr_default(rt, compiled=False):
     return method_step(rt, SimCLR, SIMCLR, compiled)
 
 
+def two_view_batch(batch, size, pin=False):
+    """One loader batch of two random uint8 views (and labels), as training.train_epoch takes them."""
+    views = [torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8) for _ in range(2)]
+    return [([v.pin_memory() for v in views] if pin else views, torch.zeros(batch, dtype=torch.long))]
+
+
 def steps_per_second(rt, model, net, optimizer, batch, warmup, steps, size=32):
     """training.train_epoch (the scripts' own step, normalisation on the device included) over one pinned two-view
     uint8 batch of size x size images repeated."""
-    views = [torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8) for _ in range(2)]
-    views = [v.pin_memory() for v in views] if rt.device.type == "cuda" else views  # as the loader's pin_memory
-    batches = [(views, torch.zeros(batch, dtype=torch.long))]
-    keep_lr = lambda t: optimizer.param_groups[0]["lr"]
-    train = lambda n: train_epoch(rt, net, model, batches * n, optimizer, keep_lr, 0, 1)
+    batches = two_view_batch(batch, size, pin=rt.device.type == "cuda")  # pinned as the loader's pin_memory
+    train = lambda n: train_epoch(rt, net, model, batches * n, optimizer, lambda t: optimizer.param_groups[0]["lr"],
+                                  0, 1)
     if warmup:
         train(warmup)  # cudnn.benchmark picks its kernels here
     return steps / timed(rt.device, lambda: train(steps))
@@ -290,10 +294,9 @@ def step_flops(rt, model, net, optimizer, batch, size):
     them over training.train_epoch's step on a two-view batch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    views = [torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8) for _ in range(2)]
     with FlopCounterMode(display=False) as counter:
-        train_epoch(rt, net, model, [(views, torch.zeros(batch, dtype=torch.long))], optimizer,
-                    lambda t: optimizer.param_groups[0]["lr"], 0, 1)
+        train_epoch(rt, net, model, two_view_batch(batch, size), optimizer, lambda t: optimizer.param_groups[0]["lr"],
+                    0, 1)
     return counter.get_total_flops()
 
 

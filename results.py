@@ -23,7 +23,7 @@ from openpyxl.worksheet.properties import PageSetupProperties
 
 import workbook_store
 from cli import UserError
-from stats import paired_difference
+from stats import by_seed, paired_difference
 
 RUN_COLUMNS = [
     "run_id", "time", "study", "script", "method", "dataset", "arch", "head", "debias", "mochi", "mix", "aug", "policy",
@@ -398,7 +398,7 @@ def _rebuild_summary(workbook):
             row += [_rounded(statistics.fmean(values)) if values else None,
                     _rounded(statistics.stdev(values)) if len(values) > 1 else None, len(values)]
         reference = references[_comparison(key)]
-        paired = None if reference == key else paired_difference(_by_seed(records), _by_seed(groups[reference]))
+        paired = None if reference == key else paired_difference(by_seed(records), by_seed(groups[reference]))
         if paired is not None:
             row += [_compared_label(reference), paired.pairs, _rounded(paired.mean),
                     *(None if v is None else _rounded(v) for v in (paired.low, paired.high)),
@@ -422,12 +422,6 @@ def _compared_label(setting):
     """What a comparison's reference is, in the `vs` column: its aug, and its mixing if it mixes."""
     aug, mix = (setting[SUMMARY_KEYS.index(name)] for name in COMPARED_KEYS)
     return aug if mix is None else f"{aug}, mix {mix}"
-
-
-def _by_seed(records, metric="knn_top1_final"):
-    """{seed: metric} of the runs that have both (a seed's later run wins)."""
-    return {r.get("seed"): r.get(metric) for r in records
-            if r.get("seed") is not None and isinstance(r.get(metric), (int, float)) and not math.isnan(r.get(metric))}
 
 
 def _sort_key(value):

@@ -39,6 +39,12 @@ class Paired:
         return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}]{' *' if self.excludes_zero else ''}"
 
 
+def by_seed(records, metric="knn_top1_final"):
+    """{seed: metric} of the runs that have both (a seed's later run wins)."""
+    return {r.get("seed"): r.get(metric) for r in records
+            if r.get("seed") is not None and isinstance(r.get(metric), (int, float)) and not math.isnan(r.get(metric))}
+
+
 def paired_difference(scores, reference):
     """The paired difference of `scores` against `reference`, both {seed: score}, over the seeds both have (scores of
     None left out); None when they share no seed."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import openpyxl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stats import mean_std, paired_difference, rank_agreement  # noqa: E402
+from stats import by_seed, mean_std, paired_difference, rank_agreement  # noqa: E402
 
 STUDY, METHODS = "fashionmnist-cpu", ["moco", "simclr", "byol", "simsiam", "swav", "supervised"]
 SPECS = ["original", "ours", "ours-solarize", "ours-clahe", "ours-brightness_contrast"]  # the seed's comparison
@@ -32,10 +32,6 @@ def sheet_rows(path, name):
 def study_rows(path, study=STUDY, precision="fp32"):
     """The study's runs in one precision: README's commands without --precision train bf16 on a CPU with AMX."""
     return [row for row in sheet_rows(path, "runs") if row["study"] == study and row["precision"] == precision]
-
-
-def by_seed(runs, metric="knn_top1_final"):
-    return {r["seed"]: r[metric] for r in runs}
 
 
 def methods_table(rows):
