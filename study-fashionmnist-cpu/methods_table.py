@@ -118,20 +118,26 @@ def precision_table(path):
 
 
 def proxy_table(path):
+    """Each proxy is a study named fashionmnist-cpu-proxy[-VARIANT] (augmentations.sh step 2): its column and its rank
+    correlation with the study."""
     study = [r for r in study_rows(path) if r["method"] == "moco" and r["epochs"] == 5 and not r.get("mix")]
-    proxy = study_rows(path, STUDY + "-proxy")
+    proxies = sorted({r["study"] for r in sheet_rows(path, "runs") if (r["study"] or "").startswith(STUDY + "-proxy")})
+    proxies = {name: study_rows(path, name) for name in proxies}
+    cell = lambda runs, spec: (f"{mean_std([r['knn_top1_final'] for r in runs if r['aug'] == spec])} "
+                               f"({', '.join(str(r['seed']) for r in runs if r['aug'] == spec) or 'not run'})")
+    columns = "".join(f" {name}: validation kNN top-1 (seeds) |" for name in proxies)
+    print(f"| spec | study: kNN top-1 final (seeds) |{columns}")
+    print(f"|---|---|{'---|' * len(proxies)}")
+    for spec in SPECS:
+        print(f"| {spec} | {cell(study, spec)} | {' | '.join(cell(runs, spec) for runs in proxies.values())} |")
     mean = lambda runs, spec: statistics.fmean(values) if (values := [r["knn_top1_final"] for r in runs
                                                                        if r["aug"] == spec]) else None
     study_score = {spec: mean(study, spec) for spec in SPECS}
-    proxy_score = {spec: mean(proxy, spec) for spec in SPECS}
-    print("| spec | study: kNN top-1 final (seeds) | proxy: validation kNN top-1 (seeds) |\n|---|---|---|")
-    for spec in SPECS:
-        cell = lambda runs: (f"{mean_std([r['knn_top1_final'] for r in runs if r['aug'] == spec])} "
-                             f"({', '.join(str(r['seed']) for r in runs if r['aug'] == spec) or 'not run'})")
-        print(f"| {spec} | {cell(study)} | {cell(proxy)} |")
-    rho = rank_agreement(proxy_score, study_score)
-    rho = "n/a (under 3 specs in both)" if rho is None else f"{rho:.2f}"
-    print(f"\nSpearman's rank correlation of the proxy with the study: {rho}")
+    print()
+    for name, runs in proxies.items():
+        rho = rank_agreement({spec: mean(runs, spec) for spec in SPECS}, study_score)
+        print(f"Spearman's rank correlation of {name} with the study: "
+              f"{'n/a (under 3 specs in both)' if rho is None else f'{rho:.2f}'}")
 
 
 def main(*argv):

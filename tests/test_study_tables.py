@@ -64,3 +64,18 @@ def test_augmentations_table_pairs_each_spec_with_original_seed_by_seed(tmp_path
         assert row[4] == row[5]  # linear is kNN + 3 on every run: the same differences
     assert table(out, "ours")[4].endswith("*") and not table(out, "ours-solarize")[4].endswith("*")
     assert "ours-clahe" not in out  # not run yet: no row
+
+
+def test_proxy_table_ranks_each_proxy_against_the_study(tmp_path, capsys):
+    path, knn = study_workbook(tmp_path)  # study order: ours 83.17 > ours-solarize 82.67 > original 81.00
+    proxies = {"fashionmnist-cpu-proxy": {"original": 60.0, "ours": 50.0, "ours-solarize": 55.0},  # reversed: -1
+               "fashionmnist-cpu-proxy-val5000": {"original": 60.0, "ours": 70.0, "ours-solarize": 65.0}}  # same: 1
+    for study, scores in proxies.items():
+        for aug, score in scores.items():
+            results.append_run(path, study_run(aug, 0, score, None, epochs=2, study=study), [])
+    methods_table.main("--proxy", str(path))
+    out = capsys.readouterr().out
+    assert table(out, "ours")[2:] == ["50.00 (0)", "70.00 (0)"]
+    assert table(out, "ours-clahe")[1:] == ["(not run)"] * 3
+    assert "fashionmnist-cpu-proxy with the study: -1.00" in out
+    assert "fashionmnist-cpu-proxy-val5000 with the study: 1.00" in out
