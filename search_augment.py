@@ -100,6 +100,9 @@ def parse_args(argv=None):
         if options.reference not in options.grid:
             raise UserError(f"--reference {options.reference} is not one of the --grid specs ({' '.join(options.grid)})")
         options.grid = [options.reference, *(spec for spec in options.grid if spec != options.reference)]
+        folders = [run_folder(spec) for spec in options.grid]
+        if len(set(folders)) < len(folders):
+            raise UserError(f"two --grid specs would share a run folder ({' '.join(folders)}): rename a policy file")
     elif options.reference is not None:
         raise UserError("--reference compares the specs of a --grid")
     return method, options
@@ -116,6 +119,11 @@ def run_options(options, **changes):
 
 
 # ---------------------------------------------------------------- grid
+
+def run_folder(label):
+    """A grid entry's folder name under OUT/runs: a spec, a baseline, or a policy file by its name without .json."""
+    return (Path(label).stem if label.endswith(".json") else label).replace(" ", "_")
+
 
 def grid(method, options):
     """Every spec x seed (and the baselines), each run once: a rerun of the same command skips the finished ones."""
@@ -134,7 +142,7 @@ def grid(method, options):
         if key in done:
             print(f"grid: {key} done before (run {done[key]['run_id']}), skipped")
             continue
-        run_dir = out / "runs" / f"{label.replace(' ', '_')}-seed{seed}"
+        run_dir = out / "runs" / f"{run_folder(label)}-seed{seed}"
         opts = run_options(options, **{"aug": label, "seed": seed, "results_dir": str(run_dir), **changes})
         if (run_dir / "checkpoint_last.pth").exists():  # a killed run of this grid: continue it
             opts.resume = str(run_dir / "checkpoint_last.pth")

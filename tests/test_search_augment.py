@@ -78,6 +78,19 @@ def test_grid_gives_one_row_per_spec_and_seed_and_skips_finished_ones(tmp_path, 
     assert len(sheet_rows(tmp_path / "r.xlsx", "search")) == 4 and "skipped" in capsys.readouterr().out
 
 
+def test_a_policy_file_in_a_grid_runs_in_a_folder_named_after_it(tmp_path, capsys):
+    policy = tmp_path / "policies" / "searched.json"  # as the search's best.json, copied where the study keeps it
+    policy.parent.mkdir()
+    policy.write_text(aug.policy_to_json(aug.resolve_policy("ours-clahe", 16)))
+    argv = [*TINY_SEARCH[:-2], "--knn-every", "0", "--grid", "original", str(policy), "--out", str(tmp_path / "grid"),
+            "--results", str(tmp_path / "r.xlsx")]
+    search_augment.main(argv)
+    assert sorted(p.name for p in (tmp_path / "grid" / "runs").iterdir()) == ["original-seed0", "searched-seed0"]
+    assert sheet_rows(tmp_path / "r.xlsx")[-1]["aug"] == str(policy)  # the row names the file it trained with
+    clash = [*argv[:-4], str(tmp_path / "searched.json"), *argv[-4:]]  # two policy files named searched.json
+    assert "would share a run folder" in error_of(clash, capsys, search_augment.main)
+
+
 def test_bad_options_are_one_line(tmp_path, capsys):
     assert "--trials" in error_of(search_argv(tmp_path, 0), capsys, search_augment.main)
     assert "nosuchop" in error_of([*search_argv(tmp_path, 1), "--base", "ours+nosuchop"], capsys, search_augment.main)
