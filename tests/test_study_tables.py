@@ -53,7 +53,10 @@ def test_augmentations_table_pairs_each_spec_with_original_seed_by_seed(tmp_path
     path, knn = study_workbook(tmp_path)
     methods_table.main("--augmentations", str(path))
     out = capsys.readouterr().out
-    assert table(out, "original")[4:] == ["", ""]
+    assert table(out, "original")[4:] == ["", "", ""]
+    assert table(out, "ours")[6] == ""
+    solarize_vs_ours = [a - b for a, b in zip(knn["ours-solarize"], knn["ours"])]  # -1.0, 0.0, -0.5
+    assert table(out, "ours-solarize")[6].startswith(f"{sum(solarize_vs_ours) / 3:+.2f} [")
     for spec in ("ours", "ours-solarize"):
         row = table(out, spec)
         assert row[1] == "0, 1, 2"
