@@ -29,9 +29,9 @@ def sheet_rows(path, name):
     return [dict(zip(header, values)) for values in rows]
 
 
-def study_rows(path, study=STUDY, precision="fp32"):
+def study_rows(runs, study=STUDY, precision="fp32"):
     """The study's runs in one precision: README's commands without --precision train bf16 on a CPU with AMX."""
-    return [row for row in sheet_rows(path, "runs") if row["study"] == study and row["precision"] == precision]
+    return [row for row in runs if row["study"] == study and row["precision"] == precision]
 
 
 def methods_table(rows):
@@ -93,10 +93,10 @@ def mixing_table(rows):
               f"{paired[1]} | {mean_std([r['wall_time_s'] / 60 for r in runs])} | {column('images_per_s')} |")
 
 
-def precision_table(path):
-    runs = {"fp32": [r for r in study_rows(path) if r["method"] == "moco" and r["epochs"] and r["aug"] == "ours"
+def precision_table(path, all_runs):
+    runs = {"fp32": [r for r in study_rows(all_runs) if r["method"] == "moco" and r["epochs"] and r["aug"] == "ours"
                      and not r.get("mix")],
-            "bf16": [r for r in study_rows(path, STUDY + "-bf16", "bf16") if r["method"] == "moco" and r["epochs"]]}
+            "bf16": [r for r in study_rows(all_runs, STUDY + "-bf16", "bf16") if r["method"] == "moco" and r["epochs"]]}
     seeds = sorted({r["seed"] for r in runs["bf16"]} & {r["seed"] for r in runs["fp32"]})  # the pairs
     runs = {precision: [r for r in group if r["seed"] in seeds] for precision, group in runs.items()}
     print("| MoCo | seeds | kNN top-1 final | linear top-1 | kNN final vs fp32, paired (95% CI) "
@@ -120,39 +120,40 @@ def precision_table(path):
                   f"{b['knn_top1']:.2f} | {a['epoch_s']:.0f} / {b['epoch_s']:.0f} |")
 
 
-def proxy_table(path):
+def proxy_table(runs):
     """Each proxy is a study named fashionmnist-cpu-proxy[-VARIANT] (augmentations.sh step 2): its column and its rank
     correlation with the study."""
-    study = [r for r in study_rows(path) if r["method"] == "moco" and r["epochs"] == 5 and not r.get("mix")]
-    proxies = sorted({r["study"] for r in sheet_rows(path, "runs") if (r["study"] or "").startswith(STUDY + "-proxy")})
-    proxies = {name: study_rows(path, name) for name in proxies}
+    study = [r for r in study_rows(runs) if r["method"] == "moco" and r["epochs"] == 5 and not r.get("mix")]
+    proxies = sorted({r["study"] for r in runs if (r["study"] or "").startswith(STUDY + "-proxy")})
+    proxies = {name: study_rows(runs, name) for name in proxies}
     cell = lambda runs, spec: (f"{mean_std([r['knn_top1_final'] for r in runs if r['aug'] == spec])} "
                                f"({', '.join(str(r['seed']) for r in runs if r['aug'] == spec) or 'not run'})")
     columns = "".join(f" {name}: validation kNN top-1 (seeds) |" for name in proxies)
     print(f"| spec | study: kNN top-1 final (seeds) |{columns}")
     print(f"|---|---|{'---|' * len(proxies)}")
     for spec in SPECS:
-        print(f"| {spec} | {cell(study, spec)} | {' | '.join(cell(runs, spec) for runs in proxies.values())} |")
+        print(f"| {spec} | {cell(study, spec)} | {' | '.join(cell(proxy, spec) for proxy in proxies.values())} |")
     mean = lambda runs, spec: statistics.fmean(values) if (values := [r["knn_top1_final"] for r in runs
                                                                        if r["aug"] == spec]) else None
     study_score = {spec: mean(study, spec) for spec in SPECS}
     print()
-    for name, runs in proxies.items():
-        rho = rank_agreement({spec: mean(runs, spec) for spec in SPECS}, study_score)
+    for name, proxy in proxies.items():
+        rho = rank_agreement({spec: mean(proxy, spec) for spec in SPECS}, study_score)
         print(f"Spearman's rank correlation of {name} with the study: "
               f"{'n/a (under 3 specs in both)' if rho is None else f'{rho:.2f}'}")
 
 
 def main(*argv):
     path = next((a for a in argv if not a.startswith("--")), "results.xlsx")
+    runs = sheet_rows(path, "runs")  # read once; every table filters it
     if "--precision" in argv:
-        precision_table(path)
+        precision_table(path, runs)
     elif "--augmentations" in argv:
-        augmentations_table(study_rows(path))
+        augmentations_table(study_rows(runs))
     elif "--proxy" in argv:
-        proxy_table(path)
+        proxy_table(runs)
     else:
-        ("--mixing" in argv and mixing_table or methods_table)(study_rows(path))
+        ("--mixing" in argv and mixing_table or methods_table)(study_rows(runs))
 
 
 if __name__ == "__main__":
