@@ -434,11 +434,13 @@ def stratified_choice(labels: np.ndarray, n: int, rng: np.random.Generator) -> n
 
 
 def _hold_out_val(pretrain, memory, val_size, seed):
-    """(pretrain, memory, val) with a stratified choice of val_size labelled images moved out of pretrain and memory."""
-    if not 0 < val_size < len(memory):
-        raise UserError(f"a validation split of {val_size} is impossible: choose 1..{len(memory) - 1} "
-                        f"(the labelled training split holds {len(memory)} images)")
-    val = stratified_choice(memory.labels, val_size, np.random.default_rng([seed, 1]))  # a stream apart from subsets
+    """(pretrain, memory, val) with a stratified choice of val_size labelled images (below 1: that fraction of them)
+    moved out of pretrain and memory."""
+    count = round(val_size * len(memory)) if val_size < 1 else val_size
+    if not 0 < count < len(memory):
+        raise UserError(f"a validation split of {val_size} is impossible: choose 1..{len(memory) - 1} images or a "
+                        f"fraction that holds at least one (the labelled training split holds {len(memory)} images)")
+    val = stratified_choice(memory.labels, count, np.random.default_rng([seed, 1]))  # a stream apart from subsets
     keep = np.setdiff1d(np.arange(len(memory)), val)
     kept = memory.subset(keep)
     if pretrain is memory:
@@ -451,10 +453,10 @@ def load_splits(name, data_dir=None, download=True, subset=None, seed=0, synthet
                 val_size=0) -> Splits:
     """Pretrain / memory / test splits of dataset `name`, and a validation split when val_size > 0.
 
-    `val_size` holds out a seeded, stratified choice of that many labelled training images as `val` (STL-10's
-    unlabelled images stay in pretrain). `subset` then keeps a seeded choice of that many of the remaining pretrain
-    images, and as many memory images (the same ones where pretrain is memory); the test split stays whole. `seed`
-    drives only these choices: synthetic data is fixed by `synthetic_seed`."""
+    `val_size` holds out a seeded, stratified choice of that many labelled training images (below 1: that fraction
+    of them) as `val` (STL-10's unlabelled images stay in pretrain). `subset` then keeps a seeded choice of that many
+    of the remaining pretrain images, and as many memory images (the same ones where pretrain is memory); the test
+    split stays whole. `seed` drives only these choices: synthetic data is fixed by `synthetic_seed`."""
     info = dataset_info(name)
     root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser().resolve()
     if root.is_file() and name != "synthetic":

@@ -1,5 +1,7 @@
 """The options every run shares: declared once (add_run_options, with a method's own options and its recipe's
 defaults), built without a command line (default_options), and checked in one line each before anything runs."""
+from argparse import ArgumentTypeError
+
 import results
 from augmentations import SPEC_HELP
 from cli import UserError
@@ -8,6 +10,14 @@ from loading import default_workers
 from methods import METHODS
 from mixing import add_mix_options
 from models import ARCHS
+
+
+def count_or_fraction(text):
+    """--val-size: a number of images (250) or, below 1, a fraction of the labelled training images (0.1)."""
+    value = float(text)
+    if value >= 1 and not value.is_integer():
+        raise ArgumentTypeError(f"{text} is neither a whole number of images nor a fraction below 1")
+    return int(value) if value >= 1 or value == 0 else value
 
 
 def add_run_options(parser, method):
@@ -22,9 +32,10 @@ def add_run_options(parser, method):
     p.add_argument("--download", action="store_true", default=True, help="download torchvision datasets if absent")
     p.add_argument("--no-download", dest="download", action="store_false")
     p.add_argument("--subset", type=int, default=None, help="keep N training images (seeded)")
-    p.add_argument("--val-size", type=int, default=0,
-                   help="hold out N labelled training images (seeded, stratified): the kNN monitor and linear "
-                        "evaluation then score on them, never on the test set (what a search optimises)")
+    p.add_argument("--val-size", type=count_or_fraction, default=0,
+                   help="hold out N labelled training images, or a fraction of them (0.1: a tenth; seeded, "
+                        "stratified): the kNN monitor and linear evaluation then score on them, never on the test set "
+                        "(what a search optimises)")
     p.add_argument("--epochs", type=int, default=200, help="0 evaluates the network at initialisation (a baseline)")
     p.add_argument("--batch-size", type=int, default=512, help="total over all processes, as in facebookresearch/moco")
     p.add_argument("--lr", type=float, default=None, help="base learning rate (None: the recipe's)")

@@ -74,23 +74,23 @@ def parse_args(argv=None):
     method = get_method(search.parse_known_args(argv)[0].method)
     p = add_run_options(ArgumentParser(description=__doc__.split("\n")[0], parents=[search]), method)
     p.set_defaults(study=None)  # the run option --study names the Optuna study too; None: <method>-<dataset>
-    p.set_defaults(epochs=2, batch_size=64, linear_epochs=0, knn_every=1)  # the proxy's budget
+    p.set_defaults(epochs=3, batch_size=64, linear_epochs=0, knn_every=1)  # the proxy's budget (README: why 3)
     for action in p._actions:  # these two defaults depend on the mode, which --help must say
         if action.dest == "knn_k":
             action.help = "kNN neighbours (default: 20 for a search's proxy, 200 with --grid, the monitor's protocol)"
         elif action.dest == "val_size":
-            action.help = ("labelled training images held out for scoring (default: 250 for a search; 0 with --grid, "
-                           "which scores on the test set)")
+            action.help = ("labelled training images held out for scoring, a number or a fraction (default: 0.1 for a "
+                           "search; 0 with --grid, which scores on the test set)")
     options, given = parse_with_given(p, argv)
     if "resume" in given:
         raise UserError("--resume continues one run; a search or grid continues when the same command is run again")
     if options.grid is None:  # the search's proxy score; the grid keeps the monitor's protocol unless asked
         if "val_size" not in given:
-            options.val_size = 250  # a validation split; the grid scores on the test set
+            options.val_size = 0.1  # narrower gaps than a few hundred images resolve; the grid scores on the test set
         if "knn_k" not in given:
             options.knn_k = 20  # the demo's 200 neighbours are most of a proxy's small memory bank: every vote alike
         if method.lr_per_epoch and not given & {"cos", "schedule"}:
-            options.cos = False  # MoCo's demo cosine trains the last of 2 proxy epochs at lr 0: half the budget
+            options.cos = False  # MoCo's demo cosine trains the last of 3 proxy epochs at lr 0: a third of the budget
     options.study = options.study or f"{method.name}-{options.dataset}"
     options.out = Path(options.out or f"search-{options.study}")
     if options.trials < 1 or options.seeds < 1 or options.heartbeat < 1:
@@ -272,7 +272,7 @@ def search(method, options):
     scored = "validation" if options.val_size else "test"
     if not options.val_size:
         print("warning: --val-size 0 scores every trial on the test set, so the search optimises on it and its best "
-              "score is biased upward; hold out a validation split (--val-size 250) to keep the test set for the end")
+              "score is biased upward; hold out a validation split (--val-size 0.1) to keep the test set for the end")
 
     def stop_when_done(study, trial):
         if counted_trials(study) >= options.trials:

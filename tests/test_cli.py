@@ -96,7 +96,7 @@ def test_help_texts_say_what_each_door_does(capsys):
         return " ".join(capsys.readouterr().out.split())
 
     search = help_of(search_augment.main)
-    assert "default: 20 for a search's proxy, 200 with --grid" in search and "default: 250 for a search" in search
+    assert "default: 20 for a search's proxy, 200 with --grid" in search and "default: 0.1 for a search" in search
     simclr = help_of(simclr_main.main)
     assert "the supervised baseline). The seed's flags." in simclr and "ResNet depth (default: 18)" in simclr
     assert simclr_main.parse_args([])[0].arch == "resnet18"

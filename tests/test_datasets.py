@@ -407,6 +407,14 @@ def test_stratified_choice_of_unbalanced_classes():
         assert np.abs(np.bincount(labels[chosen], minlength=4) - n * np.array([0.7, 0.2, 0.09, 0.01])).max() < 1
 
 
+def test_val_split_as_a_fraction_is_that_share_of_the_labelled_images():
+    tenth = D.load_splits("synthetic", synthetic_size=SMALL, val_size=0.1, seed=3)
+    thirty = D.load_splits("synthetic", synthetic_size=SMALL, val_size=30, seed=3)  # round(0.1 x 300)
+    assert len(tenth.val) == 30 and image_rows(tenth.val) == image_rows(thirty.val)
+    with pytest.raises(UserError, match="validation split of 0.001 is impossible"):  # round(0.3) = 0 images
+        D.load_splits("synthetic", synthetic_size=SMALL, val_size=0.001)
+
+
 def test_val_split_with_subset_keeps_subset_semantics():
     splits = D.load_splits("synthetic", synthetic_size=SMALL, val_size=100, subset=150, seed=1)
     assert len(splits.val) == 100 and len(splits.pretrain) == 150 and splits.memory is splits.pretrain

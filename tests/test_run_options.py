@@ -19,6 +19,13 @@ def test_local_crops_are_refused_by_methods_that_do_not_train_on_them(method, ca
     assert f"--local-crops 2: {method} does not train on local crops" in line and "swav" in line
 
 
+def test_val_size_takes_a_number_of_images_or_a_fraction_below_1(capsys):
+    parse = lambda value: pretrain.parse_args(["--val-size", value])[1].val_size  # noqa: E731
+    assert (parse("250"), parse("0.1"), parse("0"), parse("2e3")) == (250, 0.1, 0, 2000)
+    assert isinstance(parse("250"), int) and isinstance(parse("2e3"), int)
+    assert "--val-size: 1.5 is neither a whole number" in error_of(["--val-size", "1.5", *TINY], capsys, pretrain.main)
+
+
 @pytest.mark.parametrize("name", list(METHODS))
 def test_default_options_refuse_an_option_the_method_does_not_have(name):
     with pytest.raises(ValueError, match="no option"):

@@ -195,11 +195,18 @@ def test_study_cost_counts_trials_per_hour_and_the_epochs_pruning_saved():
 
 
 def test_a_moco_proxy_trains_at_constant_lr_unless_told(tmp_path):
-    """The demo's cosine puts the last of the proxy's 2 epochs at lr 0; the search's proxy uses constant lr."""
+    """The demo's cosine puts the last of the proxy's 3 epochs at lr 0; the search's proxy uses constant lr."""
     moco = ["--method", "moco", *TINY_SEARCH[2:], "--trials", "1", "--storage", f"sqlite:///{tmp_path / 's.db'}"]
     assert search_augment.parse_args(moco)[1].cos is False
     assert search_augment.parse_args([*moco, "--cos"])[1].cos is True
     assert search_augment.parse_args([*moco, "--grid", "ours"])[1].cos is True  # the grid keeps the recipe's schedule
+
+
+def test_the_search_proxy_trains_3_epochs_and_scores_a_tenth_of_the_training_set_unless_told(tmp_path):
+    bare = ["--dataset", "synthetic", "--trials", "1"]  # README: at 2 epochs MoCo's ranking of specs was reversed
+    assert (search_augment.parse_args(bare)[1].epochs, search_augment.parse_args(bare)[1].val_size) == (3, 0.1)
+    assert search_augment.parse_args([*bare, "--val-size", "250"])[1].val_size == 250
+    assert search_augment.parse_args([*bare, "--grid", "ours"])[1].val_size == 0  # the grid scores on the test set
 
 
 def test_the_search_proxy_scores_with_20_neighbours_unless_told(tmp_path):
