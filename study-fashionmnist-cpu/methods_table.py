@@ -120,9 +120,11 @@ def precision_table(path, all_runs):
                   f"{b['knn_top1']:.2f} | {a['epoch_s']:.0f} / {b['epoch_s']:.0f} |")
 
 
-def proxy_table(runs):
+def proxy_table(path, runs):
     """Each proxy is a study named fashionmnist-cpu-proxy[-VARIANT] (augmentations.sh step 2): its column and its rank
-    correlation with the study."""
+    correlation with the study. Then the study's own test kNN after each earlier epoch ranked against its final: at
+    MoCo's constant lr (--no-cos) epoch E of a 5-epoch run is what an E-epoch run trains, so this is the budget alone,
+    scored on the whole test set."""
     study = [r for r in study_rows(runs) if r["method"] == "moco" and r["epochs"] == 5 and not r.get("mix")]
     proxies = sorted({r["study"] for r in runs if (r["study"] or "").startswith(STUDY + "-proxy")})
     proxies = {name: study_rows(runs, name) for name in proxies}
@@ -141,7 +143,15 @@ def proxy_table(runs):
         rho = rank_agreement({spec: mean(proxy, spec) for spec in SPECS}, study_score)
         print(f"Spearman's rank correlation of {name} with the study: "
               f"{'n/a (under 3 specs in both)' if rho is None else f'{rho:.2f}'}")
-
+    knn_at = {(c["run_id"], c["epoch"]): c["knn_top1"] for c in sheet_rows(path, "curves")}
+    ranked = lambda runs: rank_agreement({spec: mean(runs, spec) for spec in SPECS}, study_score)  # noqa: E731
+    shown = lambda rho: "n/a" if rho is None else f"{rho:.2f}"  # noqa: E731
+    for epoch in range(1, max((r["epochs"] for r in study), default=0)):
+        stopped = [{**r, "knn_top1_final": knn_at[r["run_id"], epoch]} for r in study  # as if each run ended there
+                   if knn_at.get((r["run_id"], epoch)) is not None]
+        per_seed = [ranked([r for r in stopped if r["seed"] == seed]) for seed in sorted({r["seed"] for r in study})]
+        print(f"The study's test kNN after epoch {epoch}, ranked against its final: {shown(ranked(stopped))} (mean "
+              f"over seeds); seed by seed {', '.join(shown(rho) for rho in per_seed)}")
 
 def main(*argv):
     path = next((a for a in argv if not a.startswith("--")), "results.xlsx")
@@ -151,7 +161,7 @@ def main(*argv):
     elif "--augmentations" in argv:
         augmentations_table(study_rows(runs))
     elif "--proxy" in argv:
-        proxy_table(runs)
+        proxy_table(path, runs)
     else:
         ("--mixing" in argv and mixing_table or methods_table)(study_rows(runs))
 

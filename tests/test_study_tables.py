@@ -23,9 +23,12 @@ def study_run(aug, seed, knn, linear, epochs=5, **overrides):
 def study_workbook(tmp_path):
     path = tmp_path / "results.xlsx"
     knn = {"original": [81.0, 80.0, 82.0], "ours": [83.0, 82.5, 84.0], "ours-solarize": [82.0, 82.5, 83.5]}
+    rank = {"original": 1, "ours": 3, "ours-solarize": 2}  # the study's order of the three specs
     for aug, scores in knn.items():
-        for seed, score in enumerate(scores):
-            results.append_run(path, study_run(aug, seed, score, score + 3), [])
+        for seed, score in enumerate(scores):  # epoch 1 in reverse order, epochs 2-4 in the study's, on every seed
+            curve = [{"epoch": e, "knn_top1": 70.0 + seed + (4 - rank[aug] if e == 1 else rank[aug])}
+                     for e in (1, 2, 3, 4)]
+            results.append_run(path, study_run(aug, seed, score, score + 3), [*curve, {"epoch": 5, "knn_top1": score}])
     for seed in range(3):
         results.append_run(path, study_run("eval", seed, 75.0, 78.0, epochs=0), [])
     results.append_run(path, study_run("ours", 0, 70.0, 71.0, mix="imix"), [])  # another study's row, not in the tables
@@ -82,3 +85,6 @@ def test_proxy_table_ranks_each_proxy_against_the_study(tmp_path, capsys):
     assert table(out, "ours-clahe")[1:] == ["(not run)"] * 3
     assert "fashionmnist-cpu-proxy with the study: -1.00" in out
     assert "fashionmnist-cpu-proxy-val5000 with the study: 1.00" in out
+    assert "after epoch 1, ranked against its final: -1.00 (mean over seeds); seed by seed -1.00, -1.00, -1.00" in out
+    assert "after epoch 4, ranked against its final: 1.00 (mean over seeds); seed by seed 1.00, 1.00, 1.00" in out
+    assert "after epoch 5" not in out  # the final itself
