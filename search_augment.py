@@ -49,6 +49,9 @@ def search_parser():
     own.add_argument("--out", default=None, help="folder for trial policies, runs, plots, best.json; None: search-<study>")
     own.add_argument("--prune-below", type=float, default=None, metavar="SCORE",
                      help="also prune a trial whose validation kNN top-1 falls below SCORE at any epoch")
+    own.add_argument("--no-prune", action="store_true",
+                     help="no SuccessiveHalving pruning (--prune-below still applies): for a proxy whose first epochs "
+                          "rank policies unlike its last, as MoCo's do on Fashion-MNIST (README)")
     own.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
                      help="SQL storages: a trial silent for 3 heartbeats (a killed process) is failed and retried once")
     own.add_argument("--dashboard", action="store_true",
@@ -439,7 +442,8 @@ def open_study(options, attempts=5):
             # stays RUNNING and is never retried
             return optuna.create_study(study_name=options.study, storage=sql_storage(options), load_if_exists=True,
                                        direction="maximize", sampler=optuna.samplers.TPESampler(seed=options.seed),
-                                       pruner=optuna.pruners.SuccessiveHalvingPruner())
+                                       pruner=optuna.pruners.NopPruner() if options.no_prune
+                                       else optuna.pruners.SuccessiveHalvingPruner())
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as error:
             if attempt == attempts - 1:
                 raise UserError(f"cannot open the study in --storage {shown_url(options.storage)}: "

@@ -63,6 +63,26 @@ def test_a_trial_below_the_bar_is_pruned_and_recorded_once(tmp_path):
     assert sorted((r["trial"], r["state"]) for r in trials) == [(0, "PRUNED"), (1, "PRUNED")]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the trials are told by hand, not optimize()
+def test_no_prune_keeps_the_trials_that_halving_prunes(tmp_path):
+    """The search's own study, trials told by hand: each scores worse after epoch 1 than every trial before it, so
+    SuccessiveHalving (reduction factor 4) stops those that are not among the best quarter; --no-prune stops none."""
+    def pruned(name, *extra):
+        (tmp_path / name).mkdir()
+        study = search_augment.open_study(search_augment.parse_args(search_argv(tmp_path / name, 1, *extra))[1])
+        verdicts = []
+        for score in (80.0, 70.0, 60.0, 50.0, 40.0, 30.0, 20.0, 10.0):
+            trial = study.ask()
+            trial.report(score, 1)
+            verdicts.append(trial.should_prune())
+            trial.report(score, 2)
+            study.tell(trial, score)
+        return verdicts
+
+    assert any(pruned("halving"))
+    assert not any(pruned("no-prune", "--no-prune"))
+
+
 def test_grid_gives_one_row_per_spec_and_seed_and_skips_finished_ones(tmp_path, capsys):
     argv = [*TINY_SEARCH[:-2], "--knn-every", "0", "--grid", "original", "ours", "--seeds", "2", "--out",
             str(tmp_path / "grid"), "--results", str(tmp_path / "r.xlsx")]
