@@ -127,10 +127,11 @@ def proxy_table(path, runs):
     scored on the whole test set."""
     study = [r for r in study_rows(runs) if r["method"] == "moco" and r["epochs"] == 5 and not r.get("mix")]
     proxies = sorted({r["study"] for r in runs if (r["study"] or "").startswith(STUDY + "-proxy")})
-    proxies = {name: study_rows(runs, name) for name in proxies}
+    proxies = {name: [r for r in runs if r["study"] == name] for name in proxies}  # a proxy's precision is its own
     cell = lambda runs, spec: (f"{mean_std([r['knn_top1_final'] for r in runs if r['aug'] == spec])} "
                                f"({', '.join(str(r['seed']) for r in runs if r['aug'] == spec) or 'not run'})")
-    columns = "".join(f" {name}: validation kNN top-1 (seeds) |" for name in proxies)
+    precisions = {name: ", ".join(sorted({r["precision"] for r in proxy})) for name, proxy in proxies.items()}
+    columns = "".join(f" {name} ({precisions[name]}): validation kNN top-1 (seeds) |" for name in proxies)
     print(f"| spec | study: kNN top-1 final (seeds) |{columns}")
     print(f"|---|---|{'---|' * len(proxies)}")
     for spec in SPECS:

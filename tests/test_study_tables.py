@@ -78,10 +78,12 @@ def test_proxy_table_ranks_each_proxy_against_the_study(tmp_path, capsys):
                "fashionmnist-cpu-proxy-val5000": {"original": 60.0, "ours": 70.0, "ours-solarize": 65.0}}  # same: 1
     for study, scores in proxies.items():
         for aug, score in scores.items():
-            results.append_run(path, study_run(aug, 0, score, None, epochs=2, study=study), [])
+            precision = "bf16" if study.endswith("val5000") else "fp32"  # a proxy may run in its own precision
+            results.append_run(path, study_run(aug, 0, score, None, epochs=2, study=study, precision=precision), [])
     methods_table.main("--proxy", str(path))
     out = capsys.readouterr().out
     assert table(out, "ours")[2:] == ["50.00 (0)", "70.00 (0)"]
+    assert "| fashionmnist-cpu-proxy-val5000 (bf16): validation kNN top-1 (seeds) |" in out
     assert table(out, "ours-clahe")[1:] == ["(not run)"] * 3
     assert "fashionmnist-cpu-proxy with the study: -1.00" in out
     assert "fashionmnist-cpu-proxy-val5000 with the study: 1.00" in out
