@@ -9,7 +9,8 @@ seed. Augmentations: MoCo's runs of the seed's five specs, each paired seed by s
 Mixing: MoCo's runs of each --mix kind against its plain runs, seed by seed. Precision: MoCo's bf16 runs (study
 fashionmnist-cpu-bf16) against its fp32 runs, seed by seed, and their curves epoch by epoch. Proxy: the seed's five
 specs as the study scores them (MoCo, 5 epochs, kNN on the test set, mean over seeds) and as each proxy study scores
-them (augmentations.sh step 2), and Spearman's rank correlation of each with the study."""
+them (augmentations.sh step 2), and Spearman's rank correlation of each with the study; then the same for the study's
+own test kNN after each earlier epoch (the budget alone, without a validation split's noise)."""
 import statistics
 import sys
 from pathlib import Path
@@ -153,6 +154,7 @@ def proxy_table(path, runs):
         per_seed = [ranked([r for r in stopped if r["seed"] == seed]) for seed in sorted({r["seed"] for r in study})]
         print(f"The study's test kNN after epoch {epoch}, ranked against its final: {shown(ranked(stopped))} (mean "
               f"over seeds); seed by seed {', '.join(shown(rho) for rho in per_seed)}")
+
 
 def main(*argv):
     path = next((a for a in argv if not a.startswith("--")), "results.xlsx")
