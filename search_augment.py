@@ -161,10 +161,17 @@ def grid(method, options):
             dataset=options.dataset, spec=label, seed=seed)])
     table = grid_table(done, [*options.grid, *(["random init", "raw pixels"] if options.baselines else [])],
                        options.reference)
-    (out / "grid.md").write_text(table + "\n")
+    (out / "grid.md").write_text(f"{grid_setting(method, options)}\n\n{table}\n")
     print(table)
     plot_grid_curves(done, options.grid, out / "grid_knn.png", options)
     return done
+
+
+def grid_setting(method, options):
+    """grid.md's first line: what every run of the grid shares (two grids' tables can look alike otherwise)."""
+    shared = dict(study=options.study, epochs=options.epochs, batch=options.batch_size, crop=options.crop_size,
+                  width=options.width, lr=options.lr, precision=options.precision, mix=options.mix)
+    return f"{method.name} on {options.dataset}: " + ", ".join(f"{k} {v}" for k, v in shared.items() if v is not None)
 
 
 def grid_table(done, labels, reference):

@@ -91,11 +91,21 @@ def test_grid_gives_one_row_per_spec_and_seed_and_skips_finished_ones(tmp_path, 
     assert sorted((r["spec"], r["seed"]) for r in rows) == [("original", 0), ("original", 1), ("ours", 0), ("ours", 1)]
     table = (tmp_path / "grid" / "grid.md").read_text()
     assert "| original | 2 |" in table and "±" in table and (tmp_path / "grid" / "grid_knn.png").exists()
-    assert "| kNN final vs original (95% CI) |" in table.splitlines()[0]
+    setting = "supervised on synthetic: study supervised-synthetic, epochs 1, batch 16, crop 16, width 0.25"
+    assert table.startswith(setting)  # what the runs share, above the table
+    assert "| kNN final vs original (95% CI) |" in table.splitlines()[2]
     ours = next(line for line in table.splitlines() if line.startswith("| ours |"))
     assert re.search(r"\| [+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]( \*)? \|", ours)  # 2 seed pairs
     search_augment.main(argv)  # the same command again: nothing reruns
     assert len(sheet_rows(tmp_path / "r.xlsx", "search")) == 4 and "skipped" in capsys.readouterr().out
+
+
+def test_grid_md_names_the_mixing(tmp_path):
+    """Two grids of one spec, with and without --mix, wrote alike tables that did not say which was which."""
+    moco = ["--method", "moco", *TINY_SEARCH[2:], "--moco-k", "32", "--bn-splits", "2", "--knn-every", "0",
+            "--grid", "ours", "--results", str(tmp_path / "r.xlsx")]
+    search_augment.main([*moco, "--mix", "imix", "--out", str(tmp_path / "imix")])
+    assert (tmp_path / "imix" / "grid.md").read_text().splitlines()[0].endswith(", mix imix")
 
 
 def test_a_policy_file_in_a_grid_runs_in_a_folder_named_after_it(tmp_path, capsys):
