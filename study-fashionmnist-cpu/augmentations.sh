@@ -33,3 +33,10 @@ python search_augment.py "${recipe[@]}" --epochs 3 --knn-every 1 --linear-epochs
 python search_augment.py "${recipe[@]}" --epochs 3 --val-size 6000 --knn-k 20 --precision auto --no-prune \
     --trials 30 --base original --study fashionmnist-cpu-search --storage sqlite:///study-fashionmnist-cpu/search.db \
     --out study-fashionmnist-cpu/search
+# 4. The search's best policy through the study: step 1's command with it as a sixth spec (the five specs' runs and
+#    the baselines are skipped as done), so grid.md keeps every spec; methods_table.py --augmentations pairs it with
+#    `ours` too. best.json is copied once, so a search continued later does not change the policy the study ran.
+cp -n study-fashionmnist-cpu/search/best.json study-fashionmnist-cpu/searched.json
+python search_augment.py "${recipe[@]}" --epochs 5 --knn-every 1 --linear-epochs 100 --linear-protocol probe \
+    --seeds 3 --baselines --study fashionmnist-cpu --grid "${specs[@]}" study-fashionmnist-cpu/searched.json \
+    --reference original --out study-fashionmnist-cpu/moco

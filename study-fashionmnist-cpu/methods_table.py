@@ -59,15 +59,15 @@ def methods_table(rows):
 
 
 def augmentations_table(rows):
-    """Each spec paired seed by seed with `original` (the seed study's comparison) and, for the ablations, with `ours`
-    (what removing one op costs)."""
+    """Each spec paired seed by seed with `original` (the seed study's comparison) and, for the ablations and a
+    searched policy (a policy file), with `ours` (what removing one op costs; whether the search beat it)."""
     moco = [r for r in rows if r["method"] == "moco" and r["epochs"] == 5 and not r.get("mix")]
     print("| spec | seeds | kNN top-1 final | linear top-1 | kNN final vs original, paired (95% CI) "
           "| linear vs original, paired (95% CI) | kNN final vs ours, paired (95% CI) |")
     print("|---|---|---|---|---|---|---|")
     paired = lambda runs, reference, metric: ("" if runs[0]["aug"] == reference else str(paired_difference(
         by_seed(runs, metric), by_seed([r for r in moco if r["aug"] == reference], metric))))
-    for spec in SPECS:
+    for spec in [*SPECS, *sorted({r["aug"] for r in moco if r["aug"].endswith(".json")})]:  # then searched policies
         runs = sorted((r for r in moco if r["aug"] == spec), key=lambda r: r["seed"])
         if not runs:
             continue

@@ -72,6 +72,19 @@ def test_augmentations_table_pairs_each_spec_with_original_seed_by_seed(tmp_path
     assert "ours-clahe" not in out  # not run yet: no row
 
 
+def test_augmentations_table_pairs_a_searched_policy_file_with_ours(tmp_path, capsys):
+    path, knn = study_workbook(tmp_path)
+    searched = [84.0, 82.0, 85.5]
+    for seed, score in enumerate(searched):
+        results.append_run(path, study_run("study/searched.json", seed, score, score + 3), [])
+    methods_table.main("--augmentations", str(path))
+    row = table(capsys.readouterr().out, "study/searched.json")
+    differences = [a - b for a, b in zip(searched, knn["ours"])]  # +1.0, -0.5, +1.5
+    mean = sum(differences) / 3
+    half = T_975_DF2 * math.sqrt(sum((d - mean) ** 2 for d in differences) / 2) / math.sqrt(3)
+    assert row[1] == "0, 1, 2" and row[6] == f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+
+
 def test_proxy_table_ranks_each_proxy_against_the_study(tmp_path, capsys):
     path, knn = study_workbook(tmp_path)  # study order: ours 83.17 > ours-solarize 82.67 > original 81.00
     proxies = {"fashionmnist-cpu-proxy": {"original": 60.0, "ours": 50.0, "ours-solarize": 55.0},  # reversed: -1
