@@ -140,14 +140,12 @@ def proxy_table(path, runs):
     mean = lambda runs, spec: statistics.fmean(values) if (values := [r["knn_top1_final"] for r in runs
                                                                        if r["aug"] == spec]) else None
     study_score = {spec: mean(study, spec) for spec in SPECS}
+    ranked = lambda runs: rank_agreement({spec: mean(runs, spec) for spec in SPECS}, study_score)  # noqa: E731
+    shown = lambda rho: "n/a (under 3 specs in both)" if rho is None else f"{rho:.2f}"  # noqa: E731
     print()
     for name, proxy in proxies.items():
-        rho = rank_agreement({spec: mean(proxy, spec) for spec in SPECS}, study_score)
-        print(f"Spearman's rank correlation of {name} with the study: "
-              f"{'n/a (under 3 specs in both)' if rho is None else f'{rho:.2f}'}")
+        print(f"Spearman's rank correlation of {name} with the study: {shown(ranked(proxy))}")
     knn_at = {(c["run_id"], c["epoch"]): c["knn_top1"] for c in sheet_rows(path, "curves")}
-    ranked = lambda runs: rank_agreement({spec: mean(runs, spec) for spec in SPECS}, study_score)  # noqa: E731
-    shown = lambda rho: "n/a" if rho is None else f"{rho:.2f}"  # noqa: E731
     for epoch in range(1, max((r["epochs"] for r in study), default=0)):
         stopped = [{**r, "knn_top1_final": knn_at[r["run_id"], epoch]} for r in study  # as if each run ended there
                    if knn_at.get((r["run_id"], epoch)) is not None]
