@@ -101,7 +101,7 @@ def test_grid_gives_one_row_per_spec_and_seed_and_skips_finished_ones(tmp_path, 
 
 
 def test_grid_md_names_the_mixing(tmp_path):
-    """Two grids of one spec, with and without --mix, wrote alike tables that did not say which was which."""
+    """A --mix grid's grid.md read like a plain grid's: nothing in it said the runs mixed."""
     moco = ["--method", "moco", *TINY_SEARCH[2:], "--moco-k", "32", "--bn-splits", "2", "--knn-every", "0",
             "--grid", "ours", "--results", str(tmp_path / "r.xlsx")]
     search_augment.main([*moco, "--mix", "imix", "--out", str(tmp_path / "imix")])
