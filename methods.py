@@ -205,6 +205,9 @@ class MoCo(Method):
                 raise UserError(f"--mochi S and S' must be >= 0, got {s} and {s_prime}")
         if opts.mochi_start < 0:
             raise UserError(f"--mochi-start must be >= 0, got {opts.mochi_start}")
+        if opts.sync_bn:
+            raise UserError("--sync-bn pools BatchNorm statistics over every process, which undoes MoCo's shuffle-BN "
+                            "(each key normalised apart from its query); MoCo-v1/v2 train without it")
         if opts.mix and (opts.symmetric or opts.crops != 2 or opts.debias or opts.mochi):
             raise UserError(f"--mix {opts.mix} mixes MoCo's query view against its key view, as both papers: it needs "
                             "2 crops and the asymmetric loss, without --debias or --mochi")
@@ -216,7 +219,10 @@ class MoCo(Method):
         self.mix_hard_negatives = False
         self.mixer = Mixer.from_options(opts)
         backbone = build_backbone(opts.arch, cifar_stem, bn_splits, opts.width)
-        self.encoder_q = nn.Sequential(backbone, projection_head(backbone.feat_dim, opts.moco_dim, opts.mlp or None))
+        # MoCo-v2's MLP head has no BatchNorm: one over the whole batch would give each query and its key the same
+        # batch statistics, the shortcut that shuffle-BN (SplitBatchNorm here) exists to close.
+        self.encoder_q = nn.Sequential(backbone, projection_head(backbone.feat_dim, opts.moco_dim, opts.mlp or None,
+                                                                 batch_norm=False))
         self.encoder_k = momentum_copy(self.encoder_q)
         self.register_buffer("queue", F.normalize(torch.randn(self.K, opts.moco_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -535,6 +541,13 @@ class SimSiam(Method):
         return loss
 
 
+def prototype_scores(z, prototypes):
+    """Cosine scores of projections against the prototypes, in fp32 under autocast: divided by T 0.1 for the loss and by
+    eps 0.05 inside Sinkhorn's exponent, a bf16 score's rounding (about 4e-3) would move each code by about 8 %."""
+    with full_precision(z):
+        return F.linear(upcast(z), upcast(prototypes))
+
+
 class SwAV(Method):
     """SwAV (Caron et al. 2020): the normalised projections of all crops are scored against K prototypes (unit
     vectors, renormalised before every step as main_swav.py does); the Sinkhorn-Knopp codes of each global crop
@@ -638,15 +651,15 @@ class SwAV(Method):
         coded = views[:self.n_global] if self.mixed_only else views
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.mixed_only):
             z = self.embed(coded)
-            scores = F.linear(z, weight).chunk(len(coded))
+            scores = prototype_scores(z, weight).chunk(len(coded))
         codes = self.codes(scores[:self.n_global], z.detach().chunk(len(coded))[:self.n_global], weight.detach())
         loss = 0.0 if self.mixed_only else swav_loss(list(scores), codes, self.temperature)
         draw = self.draw_mix(views[0])
         if draw is not None:
             mixed = [draw.images(v) for v in views]
-            mixed_scores = F.linear(self.embed([images for images, _ in mixed]), weight).chunk(len(views))
+            mixed_scores = prototype_scores(self.embed([images for images, _ in mixed]), weight).chunk(len(views))
             with full_precision(weight):
-                log_probs = [F.log_softmax(upcast(s) / self.temperature, dim=1) for s in mixed_scores]
+                log_probs = [F.log_softmax(s / self.temperature, dim=1) for s in mixed_scores]
             pairs = [(c, v) for c in range(len(codes)) for v in range(len(views)) if v != c]
             loss = loss + sum(draw.loss(lambda t: code_cross_entropy(log_probs[v], codes[c][t]), mixed[v][1])
                               for c, v in pairs) / len(pairs)
@@ -672,7 +685,7 @@ class SwAV(Method):
         codes = []
         for i, s in enumerate(scores):
             if full:
-                s = torch.cat([F.linear(self.queue[i, share], weight), s])
+                s = torch.cat([prototype_scores(self.queue[i, share], weight), s])
             codes.append(sinkhorn(s, self.eps, self.iterations, distributed=self.world > 1)[-batch:])
         if filling:
             newest = gather_all(torch.stack(embeddings, dim=1)).transpose(0, 1).to(self.queue.dtype)

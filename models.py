@@ -79,12 +79,13 @@ def narrow(net, width):
             nn.init.constant_(m.bias, 0)
 
 
-def projection_head(in_dim, out_dim, hidden_dim=None):
-    """Linear head, or a 2-layer MLP head when hidden_dim is given (MoCo-v2 / SimCLR)."""
+def projection_head(in_dim, out_dim, hidden_dim=None, batch_norm=True):
+    """Linear head, or a 2-layer MLP head when hidden_dim is given: with BatchNorm after the hidden layer (SimCLR, BYOL,
+    SimSiam, SwAV), or without it (MoCo-v2's builder.py: Linear, ReLU, Linear)."""
     if not hidden_dim:
         return nn.Linear(in_dim, out_dim)
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                         nn.Linear(hidden_dim, out_dim))
+    norm = [nn.BatchNorm1d(hidden_dim)] if batch_norm else []
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), *norm, nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
 
 def gather_all(x, with_grad=False):

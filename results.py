@@ -37,7 +37,8 @@ SEARCH_COLUMNS = ["study", "trial", "policy", "proxy_score", "state", "seconds",
 SEARCH_REQUIRED = SEARCH_COLUMNS[:6]
 REFERENCE_COLUMNS = ["source", "method", "dataset", "config", "epochs", "metric", "value"]
 JSON_COLUMNS = ["policy", "method_options", "args"]  # long texts: a one-line preview in `runs`, in full in `args`
-SUMMARY_KEYS = ["study", "dataset", "method", "arch", "crop_size", "aug", "mix", "epochs", "precision"]  # one setting
+# one setting; `data` names the split that was scored: a search's validation runs and its test re-checks share the rest
+SUMMARY_KEYS = ["study", "dataset", "method", "arch", "crop_size", "aug", "mix", "epochs", "precision", "data"]
 COMPARED_KEYS = ["aug", "mix"]  # what the settings of one comparison differ in (the augmentation, with its mixing)
 SUMMARY_METRICS = ["knn_top1_final", "knn_top1_best", "linear_top1"]
 # each setting's kNN top-1 final against the reference of its comparison (the same setting but for the aug and the

@@ -340,6 +340,8 @@ def trial_objective(method, options, scored, cannot_run):
             record_trial(options, trial.number, policy_to_json(policy), score, state, time.time() - started)
 
         def report(epoch, metrics):
+            if metrics["knn_top1"] is None:  # no reading this epoch (--knn-every N > 1): nothing to prune on
+                return
             trial.report(metrics["knn_top1"], epoch)
             below = options.prune_below is not None and metrics["knn_top1"] < options.prune_below
             if below or trial.should_prune():

@@ -64,6 +64,17 @@ def encode_by_hand(model, views):
                 [F.normalize(model.encoder_k(v), dim=1) for v in views])
 
 
+def test_moco_mlp_head_is_moco_v2s_linear_relu_linear_without_batchnorm():
+    """facebookresearch/moco builder.py, mlp=True: fc = Sequential(Linear(dim_mlp, dim_mlp), ReLU(), fc). A BatchNorm
+    there would normalise each query and its key over the same whole batch, past SplitBatchNorm's shuffle."""
+    model = small_moco(mlp=24)
+    for encoder in (model.encoder_q, model.encoder_k):
+        head = encoder[1]
+        assert [type(m) for m in head] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+        assert (head[0].in_features, head[0].out_features, head[2].out_features) == (model.backbone.feat_dim, 24, 16)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+
+
 def test_symmetric_loss_is_the_sum_of_its_two_pair_losses():
     model = small_moco(symmetric=True, moco_m=0.0)  # m = 0: the key encoder becomes the query encoder's copy
     views = [torch.randn(4, 3, 32, 32) for _ in range(2)]
@@ -296,3 +307,19 @@ def test_loss_is_fp32_under_bf16_autocast(method):
         loss = model(images())
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
+
+
+def test_swav_prototype_scores_are_fp32_matmuls_under_bf16_autocast(monkeypatch):
+    """The scores reach Sinkhorn (/eps 0.05) and the loss (/T 0.1) as an fp32 product of the bf16-autocast projections,
+    not as a bf16 matmul's rounding."""
+    model = small(SwAV)
+    seen = []
+    real_loss = methods.swav_loss
+    monkeypatch.setattr(methods, "swav_loss", lambda s, c, t: seen.extend(s) or real_loss(s, c, t))
+    views = images()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(views)
+        z = model.embed(views)  # the same projections: BatchNorm in training mode uses this batch's statistics
+    expected = F.linear(z.float(), model.prototypes.weight.float())
+    assert all(s.dtype == torch.float32 for s in seen)
+    assert torch.allclose(torch.cat(seen), expected, atol=1e-6)

@@ -294,6 +294,19 @@ def test_summary_keeps_two_precisions_apart(tmp_path):
                                                                                     "bf16": (2, 70.5)}
 
 
+def test_summary_keeps_validation_scores_apart_from_test_scores(tmp_path):
+    """A search scores its base policy on the validation split, then re-checks it on the test set: same study, aug,
+    epochs and seed, two different numbers that must not be averaged."""
+    path = tmp_path / "results.xlsx"
+    validation = "fashionmnist: 54000 train / 6000 validation images (scored instead of test)"
+    for data, final in [(validation, 79.65), ("fashionmnist: 60000 train / 10000 test images", 81.0)]:
+        results.append_run(path, make_run(study="search", dataset="fashionmnist", aug="original", seed=0, data=data,
+                                          knn_top1_final=final), [])
+    summary = {r["data"]: r for r in records(openpyxl.load_workbook(path)["summary"])}
+    assert {d: (r["runs"], r["knn_top1_final_mean"]) for d, r in summary.items()} == {
+        validation: (1, 79.65), "fashionmnist: 60000 train / 10000 test images": (1, 81.0)}
+
+
 def make_trials(study, n):
     return [{"study": study, "trial": t, "policy": {"ops": [["Solarize", 0.2, 128]]}, "proxy_score": 40.0 + t,
              "state": "COMPLETE", "seconds": 12.5 * t, "seed": 0} for t in range(n)]

@@ -64,6 +64,12 @@ def test_a_trial_below_the_bar_is_pruned_and_recorded_once(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the trials are told by hand, not optimize()
+def test_a_search_whose_proxy_reads_knn_every_2_epochs_prunes_on_the_readings_it_has(tmp_path):
+    search_augment.main(search_argv(tmp_path, 2, "--epochs", "3", "--knn-every", "2"))
+    assert states(tmp_path) in (["COMPLETE", "COMPLETE"], ["COMPLETE", "PRUNED"])  # it used to fail at epoch 1
+    assert all(step in (2, 3) for t in trials(tmp_path) for step in t.intermediate_values)
+
+
 def test_no_prune_keeps_the_trials_that_halving_prunes(tmp_path):
     """The search's own study, trials told by hand: each scores worse after epoch 1 than every trial before it, so
     SuccessiveHalving (reduction factor 4) stops those that are not among the best quarter; --no-prune stops none."""
