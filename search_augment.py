@@ -29,6 +29,7 @@ import numpy as np
 import training
 from augmentations import (OPS, Policy, add_op, check_policy, names_of, policy_to_json, remove_op, resolve_policy,
                            set_value)
+from checkpoints import RECORDED
 from cli import ArgumentParser, UserError, parse_with_given, run_main
 from datasets import check_crop_size, dataset_info
 from methods import METHODS, RawPixels, get_method
@@ -147,17 +148,21 @@ def grid(method, options):
             continue
         run_dir = out / "runs" / f"{run_folder(label)}-seed{seed}"
         opts = run_options(options, **{"aug": label, "seed": seed, "results_dir": str(run_dir), **changes})
-        if (run_dir / "checkpoint_last.pth").exists():  # a killed run of this grid: continue it
-            opts.resume = str(run_dir / "checkpoint_last.pth")
-        started = time.time()
-        record = training.run(job_method, opts, script=SCRIPT)
+        recorded = run_dir / RECORDED
+        record = json.loads(recorded.read_text()) if recorded.exists() else {}
+        if "knn_top1_final" in record:  # killed after its row was written, before grid.json was: its row is the result
+            print(f"grid: {key} finished before (run {record['run_id']}), taken from {recorded}")
+        else:
+            if (run_dir / "checkpoint_last.pth").exists():  # a killed run of this grid: continue it
+                opts.resume = str(run_dir / "checkpoint_last.pth")
+            record = training.run(job_method, opts, script=SCRIPT)
         done[key] = dict(label=label, seed=seed, run_id=record.get("run_id"), run_dir=str(run_dir),
                          knn_top1_final=record["knn_top1_final"], knn_top1_best=record["knn_top1_best"],
                          linear_top1=record["linear_top1"])
-        done_path.write_text(json.dumps(done, indent=1))
+        write_atomically(done_path, json.dumps(done, indent=1))
         append_search_trials(options.results, [dict(
             study=options.study, trial=number, policy=record["policy"], proxy_score=record["knn_top1_final"],
-            state="COMPLETE", seconds=round(time.time() - started, 1), method=job_method.name,
+            state="COMPLETE", seconds=record["wall_time_s"], method=job_method.name,
             dataset=options.dataset, spec=label, seed=seed)])
     table = grid_table(done, [*options.grid, *(["random init", "raw pixels"] if options.baselines else [])],
                        options.reference)
@@ -165,6 +170,13 @@ def grid(method, options):
     print(table)
     plot_grid_curves(done, options.grid, out / "grid_knn.png", options)
     return done
+
+
+def write_atomically(path, text):
+    """A kill mid-write leaves the old file whole, never half a JSON that every rerun would fail on."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def grid_setting(method, options):
@@ -437,6 +449,17 @@ def study_cost(study, epochs):
     return f"{len(done)} finished trials in {seconds / 60:.1f} min of trial time: {per_hour:.1f} trials/hour; {saved}"
 
 
+def sampler_seed(seed, trials_before, process=None):
+    """TPE's seed for this process: --seed mixed with the trials the study held when the process joined and with the
+    process itself (host and id). TPE draws its first 10 policies at random without looking at the study, so with
+    --seed alone every process of a shared search, and every resumed search, would draw the same policies again."""
+    import socket
+    import zlib
+
+    process = process or f"{socket.gethostname()}:{os.getpid()}"
+    return int(np.random.SeedSequence([seed, trials_before, zlib.crc32(process.encode())]).generate_state(1)[0])
+
+
 def open_study(options, attempts=5):
     """The study in --storage, created by whichever process comes first. Processes started together race to create
     a new database's tables (one of them gets an IntegrityError); the losers retry, and then find the tables made."""
@@ -449,10 +472,11 @@ def open_study(options, attempts=5):
         try:
             # every URL, dialect+driver ones (postgresql+psycopg://) included: without heartbeats a killed trial
             # stays RUNNING and is never retried
-            return optuna.create_study(study_name=options.study, storage=sql_storage(options), load_if_exists=True,
-                                       direction="maximize", sampler=optuna.samplers.TPESampler(seed=options.seed),
-                                       pruner=optuna.pruners.NopPruner() if options.no_prune
-                                       else optuna.pruners.SuccessiveHalvingPruner())
+            study = optuna.create_study(study_name=options.study, storage=sql_storage(options), load_if_exists=True,
+                                        direction="maximize", pruner=optuna.pruners.NopPruner() if options.no_prune
+                                        else optuna.pruners.SuccessiveHalvingPruner())
+            study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(options.seed, len(study.trials)))
+            return study
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as error:
             if attempt == attempts - 1:
                 raise UserError(f"cannot open the study in --storage {shown_url(options.storage)}: "

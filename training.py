@@ -94,6 +94,8 @@ class EpochLog:
 
     def __init__(self, run_dir, history=(), enabled=True):
         self.path, self.history, self.enabled = Path(run_dir) / "log.csv", list(history), enabled
+        if enabled and self.history:  # a resume: log.csv as the checkpoint has it, without an epoch logged after it
+            self._write(self.history, "w")
 
     def add(self, **row):
         self.history.append(row)
@@ -102,12 +104,15 @@ class EpochLog:
         knn = "" if row["knn_top1"] is None else f" | kNN top-1 {row['knn_top1']:.2f}%"
         tqdm.write(f"epoch {row['epoch']:>4} | loss {row['loss']:.4f}{knn} | lr {row['lr']:.4g} | "
                    f"{row['epoch_s']:.1f}s | {row['images_per_s']:.0f} img/s")
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
+        self._write([row], "a")
+
+    def _write(self, rows, mode):
+        new = mode == "w" or not self.path.exists()
+        with open(self.path, mode, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.FIELDS)
             if new:
                 writer.writeheader()
-            writer.writerow(row)
+            writer.writerows(rows)
 
     @property
     def best_knn(self):
@@ -359,8 +364,9 @@ def record(job, script=None, quiet=True):
         policy=policy_to_json(job.policy), **job.model.record_fields())
     if rt.is_main:
         row["run_id"] = results.append_run(opts.results, row, results.curve_rows(job.log.history))
-        (job.run_dir / RECORDED).write_text(json.dumps(dict(run_id=row["run_id"], results=str(opts.results),
-                                                            epochs=row["epochs"])))
+        recorded = {key: row.get(key) for key in ("run_id", "epochs", "policy", "knn_top1_final", "knn_top1_best",
+                                                  "linear_top1", "wall_time_s")}
+        (job.run_dir / RECORDED).write_text(json.dumps(dict(recorded, results=str(opts.results))))
         if not quiet:
             print(f"kNN top-1 final {row['knn_top1_final']}, best {row['knn_top1_best']} | "
                   f"results: {opts.results} (run {row['run_id']}) | run dir: {job.run_dir}")

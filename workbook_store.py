@@ -60,6 +60,7 @@ def update(path, change, unsaved, unsaved_name, *, check, complete, fold):
     If anything fails, `unsaved` (this call's numbers, a dict for JSON) goes to a file beside the workbook, and the
     error is raised (an OSError or UserError as one UserError naming that file, for the door's one `error:` line)."""
     path = Path(os.path.realpath(path))
+    saved = False
     try:
         app = app_lock(path)
         if app:
@@ -74,13 +75,16 @@ def update(path, change, unsaved, unsaved_name, *, check, complete, fold):
                 fold(workbook, records)
             result = change(workbook)
             _save_atomically(workbook, path)
-        for unsaved_file in folded:
-            unsaved_file.unlink()
+            saved = True
+            for unsaved_file in folded:  # under the lock: a writer waiting for it would fold them in a second time
+                unsaved_file.unlink(missing_ok=True)
         if folded:
             print(f"results: folded {len(folded)} earlier unsaved file(s) back into {path}: "
                   f"{', '.join(f.name for f in folded)}")
         return result
     except BaseException as error:  # whatever went wrong, the numbers must survive
+        if saved:  # they are in the workbook (Ctrl-C after the save): a fallback file would add them a second time
+            raise
         fallback = _save_fallback(path, unsaved, error)
         if isinstance(error, (OSError, UserError)):
             raise UserError(f"could not write the results workbook {path} ({error}); "

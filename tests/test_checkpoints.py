@@ -43,6 +43,15 @@ def test_args_json_keeps_every_start(tmp_path):
     assert [s["options"]["epochs"] for s in starts] == [1, 2] and all("argv" in s and "time" in s for s in starts)
 
 
+def test_an_epoch_logged_after_the_last_checkpoint_is_in_log_csv_once_after_the_resume(tmp_path):
+    killed = moco_killed_after_epoch_1(tmp_path, "--knn-every", "0", "--linear-epochs", "0", name="killed")
+    with open(killed / "log.csv", "a") as f:  # killed after epoch 2's log line, before its checkpoint
+        f.write("2,9.9,,0.06,1.0,10\n")
+    moco_augmented.main(["--resume", str(killed / "checkpoint_last.pth")])  # trains epoch 2 again
+    log = log_of(killed)
+    assert [r["epoch"] for r in log] == ["1", "2"] and log[1]["loss"] != "9.9"  # it used to hold epoch 2 twice
+
+
 def test_bare_resume_continues_exactly_with_the_runs_own_options(tmp_path, capsys):
     straight = moco_run(tmp_path, "--knn-every", "0", "--linear-epochs", "0", name="straight", epochs=2)
     killed = moco_killed_after_epoch_1(tmp_path, "--knn-every", "0", "--linear-epochs", "0", name="killed")

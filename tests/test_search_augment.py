@@ -106,6 +106,21 @@ def test_grid_gives_one_row_per_spec_and_seed_and_skips_finished_ones(tmp_path, 
     assert len(sheet_rows(tmp_path / "r.xlsx", "search")) == 4 and "skipped" in capsys.readouterr().out
 
 
+def test_a_grid_killed_between_a_runs_row_and_grid_json_takes_the_row_on_the_rerun(tmp_path, capsys):
+    """It used to resume the finished run, which stopped with 'nothing to do' on every rerun of the grid."""
+    argv = [*TINY_SEARCH[:-2], "--knn-every", "0", "--grid", "original", "--out", str(tmp_path / "grid"),
+            "--results", str(tmp_path / "r.xlsx")]
+    search_augment.main(argv)
+    grid_json = tmp_path / "grid" / "grid.json"
+    finished = json.loads(grid_json.read_text())
+    grid_json.write_text("{}")  # the kill's state: the run's row and recorded.json written, grid.json not yet
+    capsys.readouterr()
+    search_augment.main(argv)
+    assert "finished before (run r0001), taken from" in capsys.readouterr().out
+    assert json.loads(grid_json.read_text()) == finished
+    assert [r["run_id"] for r in sheet_rows(tmp_path / "r.xlsx")] == ["r0001"]  # not trained or recorded again
+
+
 def test_grid_md_names_the_mixing(tmp_path):
     """A --mix grid's grid.md read like a plain grid's: nothing in it said the runs mixed."""
     moco = ["--method", "moco", *TINY_SEARCH[2:], "--moco-k", "32", "--bn-splits", "2", "--knn-every", "0",
@@ -178,6 +193,8 @@ def test_a_killed_search_resumes_and_its_killed_trial_is_failed_then_retried(tmp
     assert [t.state.name for t in study][1] == "FAIL"
     retried = [t for t in study if t.system_attrs.get("failed_trial") == 1]  # RetryHeartbeatStaleTrialCallback's mark
     assert len(retried) == 1 and retried[0].params == study[1].params and retried[0].state.name != "RUNNING"
+    # the resumed process draws policies of its own, not trial 0's again (its retry repeats trial 1's, as it should)
+    assert len({json.dumps(t.params, sort_keys=True) for t in study if t.number != 1}) == len(study) - 1
     # the killed trial is replaced by its retry, so it does not count toward --trials 3: four trials finish
     assert sum(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in study) == 4 and len(study) == 4
     rows = sheet_rows(tmp_path / "r.xlsx", "search")
@@ -211,6 +228,8 @@ def test_two_processes_on_one_sqlite_study_record_every_trial_exactly_once(tmp_p
         assert process.wait(timeout=600) == 0, (tmp_path / f"p{i}.log").read_text()[-2000:]
     study = trials(tmp_path)
     assert len(study) >= 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in study)
+    # TPE's first policies are random draws that ignore the study: seeded by --seed alone, both drew the same ones
+    assert len({json.dumps(t.params, sort_keys=True) for t in study}) == len(study)
     rows = sheet_rows(tmp_path / "r.xlsx", "search")
     assert sorted((r["trial"], r["state"]) for r in rows) == sorted((t.number, t.state.name) for t in study)
     # both processes ended with the summary (best policy, base, test re-check)

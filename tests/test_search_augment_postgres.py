@@ -3,6 +3,7 @@ starts them, a postgresql+psycopg:// URL, and the study's web page (optuna-dashb
 
 The server is conftest's throwaway one (initdb in a temp dir, 127.0.0.1, a free port); each test has a database of
 its own. Under CI=true these tests run, never skip (.ci/run installs postgresql and chromium-headless-shell)."""
+import json
 import shutil
 import signal
 import subprocess
@@ -55,6 +56,7 @@ def test_postgres_two_processes_on_a_new_study_record_every_trial_exactly_once(p
     study = trials(url)
     assert len(study) >= 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in study)
     assert len({t.number for t in study}) == len(study) and sheet_matches_study(tmp_path, study)
+    assert len({json.dumps(t.params, sort_keys=True) for t in study}) == len(study)  # each process its own policies
     assert all("best policy" in (tmp_path / f"p{i}.log").read_text() for i in range(2))
 
 

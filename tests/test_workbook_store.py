@@ -1,5 +1,6 @@
 """The store under results.xlsx, through its own interface: a change that writes one cell into a sheet of its own.
 tests/test_results.py checks the same guarantees for the repo's rows (runs, curves, search trials)."""
+import contextlib
 import json
 import os
 import re
@@ -63,6 +64,24 @@ def test_a_failed_save_keeps_the_old_file_and_the_numbers(tmp_path, monkeypatch)
     [fallback] = tmp_path.glob("book.unsaved-*.json")
     record = json.loads(fallback.read_text())
     assert record["value"] == "lost?" and record["workbook"] == str(path) and record["error"].startswith("OSError")
+
+
+def test_ctrl_c_after_the_save_keeps_no_second_copy_of_the_numbers(tmp_path, monkeypatch):
+    """The row was in the saved workbook and in a fallback file too, which the next write folded in: twice."""
+    path = tmp_path / "book.xlsx"
+    locked = workbook_store._locked
+
+    @contextlib.contextmanager
+    def interrupted_as_the_lock_is_released(target):
+        with locked(target):
+            yield
+        raise KeyboardInterrupt
+    monkeypatch.setattr(workbook_store, "_locked", interrupted_as_the_lock_is_released)
+    with pytest.raises(KeyboardInterrupt):
+        update(path, "once")
+    monkeypatch.undo()
+    update(path, "next")
+    assert cells(path) == ["once", "next"] and [p.name for p in tmp_path.iterdir()] == ["book.xlsx"]
 
 
 def test_unsaved_records_fold_back_into_the_next_update_and_their_files_go(tmp_path, capsys):
