@@ -141,6 +141,7 @@ def grid(method, options):
     if options.baselines:
         jobs += [(method, "random init", seed, {"epochs": 0, "aug": "eval"}) for seed in range(options.seeds)]
         jobs += [(RawPixels, "raw pixels", 0, {"epochs": 0, "aug": "eval", "linear_protocol": "probe"})]
+    check_done_runs_match(done, options, jobs)
     for number, (job_method, label, seed, changes) in enumerate(jobs):
         key = f"{label} seed {seed}"
         if key in done:
@@ -170,6 +171,26 @@ def grid(method, options):
     print(table)
     plot_grid_curves(done, options.grid, out / "grid_knn.png", options)
     return done
+
+
+GRID_MAY_CHANGE = {"workers", "results", "results_dir", "resume", "channels_last", "compile", "data_dir", "download"}
+
+
+def check_done_runs_match(done, options, jobs):
+    """A finished run is skipped by its spec and seed alone: one trained with other options (another --epochs into
+    the same --out) would stand in grid.md for a setting it never ran. Refused before anything trains."""
+    for _, label, seed, changes in jobs:
+        entry = done.get(f"{label} seed {seed}")
+        args = Path(entry["run_dir"]) / "args.json" if entry else None
+        if args is None or not args.exists():
+            continue
+        trained = json.loads(args.read_text())["starts"][0]["options"]
+        wanted = json.loads(json.dumps(vars(run_options(options, **{"aug": label, "seed": seed, **changes})),
+                                       default=str))
+        for name in sorted(wanted.keys() & trained.keys() - GRID_MAY_CHANGE):
+            if wanted[name] != trained[name] and not (name == "precision" and trained[name] == "auto"):  # per machine
+                raise UserError(f"{options.out} holds {label} seed {seed} trained with --{name.replace('_', '-')} "
+                                f"{trained[name]}, not {wanted[name]}: give this grid its own --out")
 
 
 def write_atomically(path, text):

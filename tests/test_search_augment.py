@@ -121,6 +121,16 @@ def test_a_grid_killed_between_a_runs_row_and_grid_json_takes_the_row_on_the_rer
     assert [r["run_id"] for r in sheet_rows(tmp_path / "r.xlsx")] == ["r0001"]  # not trained or recorded again
 
 
+def test_a_grid_rerun_with_other_options_into_the_same_out_is_refused_before_it_trains(tmp_path, capsys):
+    """It skipped the finished runs by spec and seed alone, and grid.md put the new --epochs over the old runs."""
+    argv = [*TINY_SEARCH[:-2], "--knn-every", "0", "--grid", "original", "--out", str(tmp_path / "grid"),
+            "--results", str(tmp_path / "r.xlsx")]
+    search_augment.main(argv)
+    line = error_of([*argv, "--epochs", "2", "--seeds", "2"], capsys, search_augment.main)
+    assert "holds original seed 0 trained with --epochs 1, not 2: give this grid its own --out" in line
+    assert len(sheet_rows(tmp_path / "r.xlsx")) == 1  # seed 1 did not run either
+
+
 def test_grid_md_names_the_mixing(tmp_path):
     """A --mix grid's grid.md read like a plain grid's: nothing in it said the runs mixed."""
     moco = ["--method", "moco", *TINY_SEARCH[2:], "--moco-k", "32", "--bn-splits", "2", "--knn-every", "0",
