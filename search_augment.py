@@ -470,14 +470,14 @@ def study_cost(study, epochs):
     return f"{len(done)} finished trials in {seconds / 60:.1f} min of trial time: {per_hour:.1f} trials/hour; {saved}"
 
 
-def sampler_seed(seed, trials_before, process=None):
+def sampler_seed(seed, trials_before):
     """TPE's seed for this process: --seed mixed with the trials the study held when the process joined and with the
     process itself (host and id). TPE draws its first 10 policies at random without looking at the study, so with
     --seed alone every process of a shared search, and every resumed search, would draw the same policies again."""
     import socket
     import zlib
 
-    process = process or f"{socket.gethostname()}:{os.getpid()}"
+    process = f"{socket.gethostname()}:{os.getpid()}"
     return int(np.random.SeedSequence([seed, trials_before, zlib.crc32(process.encode())]).generate_state(1)[0])
 
 
