@@ -220,7 +220,10 @@ def grid_table(done, labels, reference):
             if label != reference:
                 paired = paired_difference({s: r[key] for s, r in runs.items()},
                                            {s: r[key] for s, r in by_label.get(reference, {}).items()})
-            cells.append(str(paired) if paired else "")
+            cell = str(paired) if paired else ""
+            if paired and 1 < paired.pairs < len(runs):  # a seed without a partner: over how many pairs, then
+                cell += f" ({paired.pairs} pairs)"
+            cells.append(cell)
         rows.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
     rows += ["", f"vs {reference}: the mean over seeds of (spec - {reference}) on the same seed, with its 95% confidence "
                  "interval (Student t over the seed pairs); * where the interval excludes 0."]

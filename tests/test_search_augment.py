@@ -131,6 +131,15 @@ def test_a_grid_rerun_with_other_options_into_the_same_out_is_refused_before_it_
     assert len(sheet_rows(tmp_path / "r.xlsx")) == 1  # seed 1 did not run either
 
 
+def test_grid_table_says_over_how_many_pairs_when_a_seed_has_no_partner():
+    done = {f"{label} seed {seed}": dict(label=label, seed=seed, knn_top1_final=knn, knn_top1_best=knn,
+                                         linear_top1=None) for label, seed, knn in [
+        ("original", 0, 80.0), ("original", 1, 81.0), ("ours", 0, 82.0), ("ours", 1, 84.0), ("ours", 2, 90.0)]}
+    ours = search_augment.grid_table(done, ["original", "ours"], "original").splitlines()[3]
+    # differences 2 and 3 (seed 2 has no original): mean 2.5, t(0.975, 1) x 0.7071 / sqrt 2 = 6.353
+    assert ours.startswith("| ours | 3 | 85.33 ± 4.16 |") and "+2.50 [-3.85, +8.85] (2 pairs) |" in ours
+
+
 def test_grid_md_names_the_mixing(tmp_path):
     """A --mix grid's grid.md read like a plain grid's: nothing in it said the runs mixed."""
     moco = ["--method", "moco", *TINY_SEARCH[2:], "--moco-k", "32", "--bn-splits", "2", "--knn-every", "0",
