@@ -16,7 +16,7 @@ A policy is the resolved list of ops, each with its p and every magnitude. Ops, 
     blur                 p 0.5    sigma_min 0.1, sigma_max 2.0: Gaussian sigma range; kernel 10% of the side, odd
     solarize             p 0.2    threshold 0.5: pixels >= threshold*255 are inverted (0.5: >= 128, the seed's)
     clahe                p 0.2    clip 4.0: CLAHE clip limit drawn from [1, clip], 8x8 tiles
-    brightness_contrast  p 0.2    limit 0.2: additive brightness and contrast shifts from [-limit, limit]
+    brightness_contrast  p 0.2    limit 0.2: pixel x (1 + a) + b x 255, contrast a, brightness b from [-limit, limit]
 Presets may change these defaults (simclr: jitter strength 0.5 and hue 0.1 at 32 px and below, else 1.0 and 0.2).
 """
 import os
