@@ -136,6 +136,7 @@ def train_linear_head(rt: Runtime, backbone, head, train_loader, epochs, optimiz
     backbone.eval()
     head.train()
     for epoch in range(epochs):
+        train_loader.sampler.set_epoch(epoch)  # each epoch its own order and its own augmented views
         for step, (images, labels) in enumerate(tqdm(train_loader, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
                                                      disable=not rt.is_main)):
             set_lr(optimizer, lr_fn(epoch + step / len(train_loader)))

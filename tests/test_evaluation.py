@@ -73,3 +73,27 @@ def test_every_evaluation_runs_the_network_in_eval_mode_and_restores_its_mode():
     net.eval()
     with torch.no_grad():
         assert torch.allclose(feats, net(images), atol=1e-6)
+
+
+def test_the_augmented_linear_protocols_draw_new_views_every_epoch():
+    """lincls and finetune train the head on augmented batches; every epoch drew epoch 0's order and views again."""
+    import datasets
+    from augmentations import build_transform
+    from evaluation import train_linear_head
+    from loading import TransformDataset, make_train_loader
+
+    splits = datasets.load_splits("synthetic", subset=16)
+    dataset = TransformDataset(splits.pretrain, build_transform("supervised", 32))
+    rt = setup_runtime("fp32", normalize=(splits.info.mean, splits.info.std))
+    loader = make_train_loader(rt, dataset, 8, 0, seed=1)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, images):
+            seen.append(images.clone())
+            return images.mean(dim=(2, 3))
+
+    head = torch.nn.Linear(3, 10)
+    train_linear_head(rt, Recorder(), head, loader, 2, torch.optim.SGD(head.parameters(), lr=0.1), lambda e: 0.1)
+    first, second = torch.cat(seen[:2]), torch.cat(seen[2:])
+    assert len(seen) == 4 and not torch.equal(first, second)
