@@ -91,7 +91,8 @@ def auto_precision(device):
     where the cores have AMX, on which BENCHMARKS.md measured the CPU recipe's step and its learning, fp32 elsewhere
     (a CPU with only AVX512-BF16 is unmeasured: --precision bf16 asks for it)."""
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # torch's default counts emulation: a V100 or T4 "supports" bf16 at a fraction of its fp16 speed
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return "bf16" if cpu_has_amx() else "fp32"
 
 

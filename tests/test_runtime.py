@@ -69,3 +69,11 @@ def test_a_bf16_step_on_the_cpu_gives_the_fp32_step_s_loss_and_update():
     assert torch.isfinite(update_bf16).all() and update_bf16.norm() > 0
     assert F.cosine_similarity(update_bf16, update_fp32, dim=0) > 0.95
     assert update_bf16.norm() == pytest.approx(update_fp32.norm().item(), rel=0.1)
+
+
+def test_auto_precision_on_a_gpu_with_emulated_bf16_only_is_fp16(monkeypatch):
+    """A V100 or T4: torch.cuda.is_bf16_supported() says True by default because bf16 can be emulated there."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert runtime.auto_precision(torch.device("cuda")) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100, an H100
+    assert runtime.auto_precision(torch.device("cuda")) == "bf16"
