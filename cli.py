@@ -49,6 +49,17 @@ def finite_float(text):
     return value
 
 
+def seed(text):
+    """A --seed: numpy's and the loaders' generators take 0 ... 2**32 - 1, and each process adds its rank to it."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"a seed must be in [0, 2**31), got {value}")
+    return value
+
+
 def str2bool(value):
     if isinstance(value, bool):
         return value

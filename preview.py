@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from augmentations import SPEC_HELP, MultiView, build_multicrop, build_transform, describe_policy, resolve_policy
-from cli import ArgumentParser, UserError, run_main
+from cli import ArgumentParser, UserError, run_main, seed
 
 LABEL_WIDTH = 160
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -121,7 +121,7 @@ def main(argv=None):
                         help="crop area range of the local views")
     parser.add_argument("--global-scale", type=float, nargs=2, default=(0.14, 1.0), metavar=("LOW", "HIGH"),
                         help="crop area range of the global views, with --local-crops")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--tile", type=int, default=96, help="display size of each view in pixels")
     args = parser.parse_args(argv)
     if args.n < 1 or args.tile < 8 or args.local_crops < 0:

@@ -4,7 +4,7 @@ from argparse import ArgumentTypeError
 
 import results
 from augmentations import SPEC_HELP
-from cli import UserError
+from cli import UserError, seed
 from datasets import DATASETS
 from loading import default_workers
 from methods import METHODS
@@ -70,7 +70,7 @@ def add_run_options(parser, method):
     p.add_argument("--channels-last", action="store_true", default=True, help="channels_last on CUDA")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the first step compiles)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--study", default=None,
                    help="study name, recorded in the workbook row; the summary sheet never mixes two studies")
     p.add_argument("--resume", default=None, help="checkpoint_last.pth of the run to continue (its options are kept)")

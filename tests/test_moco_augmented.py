@@ -69,6 +69,7 @@ def test_cifar10_files_in_real_format(tmp_path, trust_checksums):
     (["--batch-size", "2", "--bn-splits", "2"], "leaves 1 image per BatchNorm batch"),
     (["--width", "-0.5"], "--width must be > 0"),
     (["--moco-t", "inf"], "expected a finite number"),
+    (["--seed", "-1"], "a seed must be in [0, 2**31), got -1"),  # numpy's ValueError, as a traceback
     (["--sync-bn"], "--sync-bn pools BatchNorm statistics over every process, which undoes MoCo's shuffle-BN"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, capsys, extra, message):

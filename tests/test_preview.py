@@ -77,6 +77,7 @@ def test_long_labels_wrap():
     (["--n", "0"], "error: --n must be at least 1, --tile at least 8 and --local-crops at least 0"),
     (["--bogus"], "error: unrecognized arguments: --bogus (see --help)"),
     (["--local-crops", "2", "--preset", "supervised"], "error: multi-crop needs the random resized crop 'crop'"),
+    (["--seed", "-1"], "error: argument --seed: a seed must be in [0, 2**31), got -1"),
     (["--size", "0"], "error: --size must be at least 1 px, got 0"),  # 0 used to mean the image's own size
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, source, capsys, argv, message):
