@@ -29,7 +29,7 @@ import numpy as np
 import training
 from augmentations import (OPS, Policy, add_op, check_policy, names_of, policy_to_json, remove_op, resolve_policy,
                            set_value)
-from checkpoints import RECORDED
+from checkpoints import RECORDED, RESUME_MAY_CHANGE
 from cli import ArgumentParser, UserError, parse_with_given, run_main
 from datasets import check_crop_size, dataset_info
 from methods import METHODS, RawPixels, get_method
@@ -173,7 +173,7 @@ def grid(method, options):
     return done
 
 
-GRID_MAY_CHANGE = {"workers", "results", "results_dir", "resume", "channels_last", "compile", "data_dir", "download"}
+GRID_MAY_CHANGE = RESUME_MAY_CHANGE - {"precision", "study"}  # both are part of a grid's setting
 
 
 def check_done_runs_match(done, options, jobs):
