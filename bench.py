@@ -483,20 +483,21 @@ def parse_args(argv, cuda):
         p.error("choose at least one mode: --aug, --loader, --step, --widths, --epoch, --knn, --peak, --levers or "
                 "--all")
     quick, cpu = args.quick, not cuda  # an explicit option wins over --quick, --quick over the CPU default
-    args.seconds = args.seconds or (0.02 if quick else 1.0)
+    or_default = lambda given, default: default if given is None else given  # an explicit 0 is refused below
+    args.seconds = or_default(args.seconds, 0.02 if quick else 1.0)
     args.rounds = 1 if quick else 3
     args.workers = args.workers if args.workers is not None else list(range((2 if quick else usable_cores()) + 1))
-    args.loader_images = args.loader_images or (256 if quick else 10_000)
+    args.loader_images = or_default(args.loader_images, 256 if quick else 10_000)
     args.loader_batch, args.loader_batches = (32, 2) if quick else (DEMO.batch_size, 20)
-    args.batch_size = args.batch_size or (16 if quick else 64 if cpu else 512)
-    args.steps = args.steps or (1 if quick else 3 if cpu else 20)
+    args.batch_size = or_default(args.batch_size, 16 if quick else 64 if cpu else 512)
+    args.steps = or_default(args.steps, 1 if quick else 3 if cpu else 20)
     args.warmup = 0 if quick else 1 if cpu else 5
-    args.epoch_images = args.epoch_images or (args.batch_size if quick else 4 * args.batch_size if cpu else 50_000)
+    args.epoch_images = or_default(args.epoch_images, args.batch_size if quick else 4 * args.batch_size if cpu else 50_000)
     args.levers_images = args.batch_size * (2 if quick else 60)
-    args.knn_size = args.knn_size or ([2_000, 500] if quick else [50_000, 10_000])
-    args.width = args.width or ([0.25] if quick else [1.0, 0.5, 0.25])
-    args.sizes = args.sizes or ([16] if quick else [28, 32])
-    args.gemm_size = args.gemm_size or (128 if quick else 2048 if cpu else 4096)
+    args.knn_size = or_default(args.knn_size, [2_000, 500] if quick else [50_000, 10_000])
+    args.width = or_default(args.width, [0.25] if quick else [1.0, 0.5, 0.25])
+    args.sizes = or_default(args.sizes, [16] if quick else [28, 32])
+    args.gemm_size = or_default(args.gemm_size, 128 if quick else 2048 if cpu else 4096)
     args.gemm_reps = 1 if quick else 5 if cpu else 50
     args.peak_nets = [(0.25, 16)] if quick else [(1.0, 32), (0.25, 28)]  # the demo's net; the CPU recipe's
     if min([args.seconds, args.loader_images, args.loader_size, args.batch_size, args.steps, args.epoch_images,

@@ -79,6 +79,12 @@ def test_a_mode_is_required():
         bench.main([])
 
 
+@pytest.mark.parametrize("option", [["--steps", "0"], ["--batch-size", "0"], ["--seconds", "0"], ["--gemm-size", "0"]])
+def test_an_explicit_zero_is_refused_not_replaced_by_the_default(option):
+    with pytest.raises(UserError, match="must be positive"):
+        bench.parse_args(["--step", *option], cuda=False)
+
+
 def test_compile_adds_a_row_per_model(monkeypatch):
     compiled = []
     monkeypatch.setattr(bench.torch, "compile", lambda model: compiled.append(model) or model)  # real: minutes on CPU
