@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from cli import UserError
+from cli import UserError, make_dirs
 
 
 CHECKPOINT_FORMAT = 2
@@ -26,10 +26,7 @@ def make_run_dir(results_dir, default_name, resuming):
     if (run_dir / "checkpoint_last.pth").exists() and not resuming:
         raise UserError(f"{run_dir} already holds a run; resume it with --resume {run_dir / 'checkpoint_last.pth'} "
                         f"or choose another --results-dir")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create run directory {run_dir}: {e.strerror}") from None
+    make_dirs(run_dir, "run directory")
     stale = [run_dir / name for name in ("log.csv", "checkpoint_last.pth.tmp", "checkpoint_best.pth.tmp")]
     stale = [path for path in stale if path.exists()] if not resuming else []
     if stale:  # a start killed before its first checkpoint: its epochs would be logged twice

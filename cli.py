@@ -2,6 +2,7 @@
 import argparse
 import math
 import sys
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -58,6 +59,15 @@ def seed(text):
     if not 0 <= value < 2**31:
         raise argparse.ArgumentTypeError(f"a seed must be in [0, 2**31), got {value}")
     return value
+
+
+def make_dirs(path, what="directory"):
+    """mkdir -p for an output path, where a file in the way (or no permission) is bad input, not a traceback."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {what} {path}: {error.strerror}") from None
+    return Path(path)
 
 
 def str2bool(value):

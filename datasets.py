@@ -16,7 +16,7 @@ import torchvision
 from torch.utils.data import Dataset
 from torchvision.datasets.utils import check_integrity
 
-from cli import ArgumentParser, UserError, run_main
+from cli import ArgumentParser, UserError, make_dirs, run_main
 
 DEFAULT_DATA_DIR = "./data"
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
@@ -493,7 +493,7 @@ def build_imagenet100(imagenet_root, out_root, classes=IMAGENET100_CLASSES) -> N
         present = [wnid for wnid in classes if (imagenet_root / split / wnid).is_dir()]
         if not present:
             raise UserError(f"{imagenet_root / split} holds none of the class folders (expected <wnid>/ folders)")
-        (out_root / split).mkdir(parents=True, exist_ok=True)
+        make_dirs(out_root / split, "ImageNet-100 directory")
         for wnid in present:
             link, target = out_root / split / wnid, imagenet_root / split / wnid
             if link.is_symlink() and link.resolve() == target.resolve():

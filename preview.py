@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from augmentations import SPEC_HELP, MultiView, build_multicrop, build_transform, describe_policy, resolve_policy
-from cli import ArgumentParser, UserError, run_main, seed
+from cli import ArgumentParser, UserError, make_dirs, run_main, seed
 
 LABEL_WIDTH = 160
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -131,12 +131,12 @@ def main(argv=None):
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 px, got {getattr(args, name)}")
     if Path(args.out).suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got {args.out}")
+    make_dirs(Path(args.out).parent, "--out's directory")
     image = read_image(args)
     size = args.size if args.size is not None else min(image.shape[:2])
     local_size = args.local_size or max(1, round(size * 96 / 224))
     grid = preview_grid(image, args.preset, args.n, size, args.seed, args.tile, args.local_crops, local_size,
                         tuple(args.local_scale), tuple(args.global_scale))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(args.out, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
         raise UserError(f"cannot write {args.out}")
     for spec in args.preset:

@@ -30,7 +30,7 @@ import training
 from augmentations import (OPS, Policy, add_op, check_policy, names_of, policy_to_json, remove_op, resolve_policy,
                            set_value)
 from checkpoints import RECORDED, RESUME_MAY_CHANGE
-from cli import ArgumentParser, UserError, parse_with_given, run_main
+from cli import ArgumentParser, UserError, make_dirs, parse_with_given, run_main
 from datasets import check_crop_size, dataset_info
 from methods import METHODS, RawPixels, get_method
 from results import append_search_trials
@@ -135,7 +135,7 @@ def grid(method, options):
     for spec in options.grid:  # every spec before the first run: a typo in the last must not cost the others' time
         resolve_policy(spec, size)
     out, done_path = options.out, options.out / "grid.json"
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out, "--out")
     done = json.loads(done_path.read_text()) if done_path.exists() else {}
     jobs = [(method, spec, seed, {}) for spec in options.grid for seed in range(options.seeds)]
     if options.baselines:
@@ -312,7 +312,7 @@ def search(method, options):
     """Trials until the study has --trials (over every process), then the best policy against the base."""
     import optuna
 
-    (options.out / "trials").mkdir(parents=True, exist_ok=True)
+    make_dirs(options.out / "trials", "--out's trials directory")
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is printed here, in one line
     study = open_study(options)
     scored = "validation" if options.val_size else "test"
@@ -326,8 +326,9 @@ def search(method, options):
 
     done = counted_trials(study)
     if done >= options.trials:  # optimize would still start one more trial before the callback stops it
-        print(f"study {options.study} has finished {done} of --trials {options.trials}: nothing to run (raise --trials "
+        print(f"study {options.study} has finished {done} of --trials {options.trials}: no trial to run (raise --trials "
               f"to search further; best policy in {options.out / 'best.json'})")
+        report_best(method, options, study, scored)  # finishes the end-of-search runs a kill interrupted
         return study
     cannot_run = []
     try:
@@ -414,7 +415,8 @@ def trial_objective(method, options, scored, cannot_run):
 
 
 def report_best(method, options, study, scored):
-    """best.json, the base policy on the same proxy (once per study), the plots, and both re-checked on the test set."""
+    """best.json, the base policy on the same proxy (once per study), the plots, and both re-checked on the test set
+    (once per best trial). Each score is kept in the study, so a rerun after a kill runs only what is missing."""
     import optuna
 
     out = options.out
@@ -431,10 +433,13 @@ def report_best(method, options, study, scored):
         base_score = training.run(method, opts, quiet=True, script=SCRIPT)["knn_top1_final"]
         study.set_user_attr("base_score", base_score)
     plot_study(study, out)
-    test = {name: training.run(method, run_options(options, aug=aug, val_size=0,
-                                                   results_dir=str(out / "runs" / f"{name}-{tag}")),
-                               quiet=True, script=SCRIPT)["knn_top1_final"]
-            for name, aug in (("best-test", str(out / "best.json")), ("base-test", options.base))}
+    test = study.user_attrs.get("test_recheck", {})
+    if test.get("best_trial") != best.number:
+        test = {name: training.run(method, run_options(options, aug=aug, val_size=0,
+                                                       results_dir=str(out / "runs" / f"{name}-{tag}")),
+                                   quiet=True, script=SCRIPT)["knn_top1_final"]
+                for name, aug in (("best-test", str(out / "best.json")), ("base-test", options.base))}
+        study.set_user_attr("test_recheck", {**test, "best_trial": best.number})
     print(f"best policy {out / 'best.json'}: {best.user_attrs['policy']}")
     print(f"proxy ({scored} kNN top-1): best {best.value:.2f} vs base '{options.base}' {base_score:.2f}, ratio "
           f"{best.value / max(base_score, 1e-9):.3f} | test re-check: best {test['best-test']:.2f} vs base "

@@ -79,10 +79,13 @@ def test_long_labels_wrap():
     (["--local-crops", "2", "--preset", "supervised"], "error: multi-crop needs the random resized crop 'crop'"),
     (["--seed", "-1"], "error: argument --seed: a seed must be in [0, 2**31), got -1"),
     (["--size", "0"], "error: --size must be at least 1 px, got 0"),  # 0 used to mean the image's own size
+    (["--out", "{tmp}/file/v.png"], "error: cannot create --out's directory"),  # was mkdir's traceback
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, source, capsys, argv, message):
+    (tmp_path / "file").write_text("kept")  # --out file/v.png: its directory cannot be made
     with pytest.raises(SystemExit) as exit:
-        run_main(lambda *_: preview.main(["--image", str(source), *argv, "--out", str(tmp_path / "v.png")]))
+        run_main(lambda *_: preview.main(["--image", str(source), "--out", str(tmp_path / "v.png"),
+                                          *[arg.format(tmp=tmp_path) for arg in argv]]))
     assert exit.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message)

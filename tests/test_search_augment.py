@@ -11,6 +11,7 @@ import pytest
 from conftest import TINY_SEARCH, error_of, sheet_rows, start_search
 
 import search_augment
+import training
 import augmentations as aug
 from augmentations import policy_from_json
 from cli import UserError
@@ -45,7 +46,9 @@ def test_tiny_search_end_to_end_writes_best_policy_plots_and_search_sheet(tmp_pa
     assert "proxy (validation kNN top-1): best" in out and "ratio" in out and "test re-check" in out
     assert "trials/hour; pruning saved" in out
     search_augment.main(search_argv(tmp_path, 3))  # a finished study used to run one more trial
-    assert "has finished 3 of --trials 3: nothing to run" in capsys.readouterr().out and len(states(tmp_path)) == 3
+    out = capsys.readouterr().out
+    assert "has finished 3 of --trials 3: no trial to run" in out and len(states(tmp_path)) == 3
+    assert "test re-check" in out and len(sheet_rows(tmp_path / "r.xlsx")) == 5  # kept, not rerun: 3 trials, 2 re-checks
     runs = sheet_rows(tmp_path / "r.xlsx")
     assert any("validation images" in r["data"] for r in runs) and any("test images" in r["data"] for r in runs)
     # the best policy trains with the MoCo door
@@ -54,6 +57,24 @@ def test_tiny_search_end_to_end_writes_best_policy_plots_and_search_sheet(tmp_pa
                          "--bn-splits", "2", "--workers", "0", "--epochs", "1", "--linear-epochs", "0", "--aug",
                          str(best), "--results", str(tmp_path / "r.xlsx"), "--results-dir", str(tmp_path / "moco")])
     assert json.loads(sheet_rows(tmp_path / "r.xlsx")[-1]["policy"]) == json.loads(best.read_text())
+
+
+def test_a_search_killed_in_its_test_recheck_finishes_it_when_rerun(tmp_path, capsys, monkeypatch):
+    train = training.run
+
+    def killed_at_the_recheck(method, options, **kwargs):
+        if "best-test" in options.results_dir:
+            raise KeyboardInterrupt
+        return train(method, options, **kwargs)
+
+    monkeypatch.setattr(training, "run", killed_at_the_recheck)
+    with pytest.raises(KeyboardInterrupt):
+        search_augment.main(search_argv(tmp_path, 1))
+    monkeypatch.setattr(training, "run", train)
+    capsys.readouterr()
+    search_augment.main(search_argv(tmp_path, 1))  # used to say "nothing to run" and never re-check
+    assert "test re-check: best" in capsys.readouterr().out
+    assert all("test images" in r["data"] for r in sheet_rows(tmp_path / "r.xlsx")[-2:])
 
 
 def test_a_trial_below_the_bar_is_pruned_and_recorded_once(tmp_path):
@@ -174,6 +195,15 @@ def test_bad_options_are_one_line(tmp_path, capsys):
     assert "--reference ours-clahe is not one of the --grid specs" in line
     assert "--reference compares" in error_of([*search_argv(tmp_path, 1), "--reference", "ours"], capsys,
                                               search_augment.main)
+
+
+def test_an_out_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("kept")
+    under_file = ["--out", str(tmp_path / "file" / "out"), "--results", str(tmp_path / "r.xlsx")]
+    assert "cannot create --out" in error_of([*TINY_SEARCH, "--grid", "ours", *under_file], capsys, search_augment.main)
+    search = [*TINY_SEARCH, "--trials", "1", "--storage", f"sqlite:///{tmp_path / 'search.db'}", *under_file]
+    assert "cannot create --out's trials directory" in error_of(search, capsys, search_augment.main)
+    assert (tmp_path / "file").read_text() == "kept" and not (tmp_path / "r.xlsx").exists()
 
 
 def test_the_reference_spec_runs_first():
