@@ -31,6 +31,12 @@ class Runtime:
             mean, std = (torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1) * 255 for v in self.normalize)
             self._shift, self._scale = mean.float().to(self.device), (1 / std).float().to(self.device)
 
+    def load_scaler(self, state):
+        """The fp16 loss scaler's state from a checkpoint: an fp32 or bf16 run saved a disabled scaler's empty state,
+        and a resume in fp16 starts its scaler afresh from it."""
+        if state:
+            self.scaler.load_state_dict(state)
+
     @property
     def is_main(self):
         return self.rank == 0
@@ -118,6 +124,24 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_states(rt):
+    """Every process's RNG state in rank order (a collective: every rank calls it). Each process is seeded seed + rank
+    and draws its own crops, so a resume that gave every rank rank 0's state would make their views the same."""
+    if not rt.distributed:
+        return [rng_state()]
+    states = [None] * rt.world_size
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def set_rng_states(rt, states):
+    """Each process takes back its own rank's state. Checkpoints written before the per-rank list hold rank 0's state
+    alone; a rank the checkpoint has no state for (or a resume on more processes) keeps its fresh seed + rank stream."""
+    states = states if isinstance(states, list) else [states]
+    if rt.rank < len(states):
+        set_rng_state(states[rt.rank])
 
 
 def peak_gpu_memory_gb(rt):

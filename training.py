@@ -26,7 +26,7 @@ from loading import TransformDataset, make_eval_loader, make_train_loader
 from methods import get_method
 from optim import amp_step, build_optimizer, set_lr
 from run_options import check_options
-from runtime import (Runtime, git_commit, hardware_name, peak_gpu_memory_gb, rng_state, set_rng_state,
+from runtime import (Runtime, git_commit, hardware_name, peak_gpu_memory_gb, rng_states, set_rng_states,
                      setup_runtime)
 
 
@@ -234,8 +234,8 @@ def prepare(method, opts, state=None, started=None, quiet=True):
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        rt.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        rt.load_scaler(state["scaler"])
+        set_rng_states(rt, state["rng"])
         start_epoch, history = state["epoch"], state["history"]
         opts.results_dir = opts.results_dir or state["run_dir"]
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{method.name}-{opts.dataset}-{Path(opts.aug).stem}"
@@ -316,10 +316,11 @@ def fit(job, on_epoch=None):
         metrics = dict(epoch=epoch + 1, loss=loss, knn_top1=knn, lr=last_lr, epoch_s=seconds,
                        images_per_s=n_images / seconds)
         log.add(**metrics)
+        rng = rng_states(rt)  # every rank's, gathered by all of them
         if rt.is_main:
-            save_checkpoint(job.run_dir / "checkpoint_last.pth", checkpoint(job, epoch + 1))
+            save_checkpoint(job.run_dir / "checkpoint_last.pth", checkpoint(job, epoch + 1, rng))
             if knn is not None and (best_before is None or knn > best_before):
-                save_checkpoint(job.run_dir / "checkpoint_best.pth", checkpoint(job, epoch + 1))
+                save_checkpoint(job.run_dir / "checkpoint_best.pth", checkpoint(job, epoch + 1, rng))
         if on_epoch is not None and on_epoch(epoch + 1, metrics):
             if knn is None:  # a run stopped early still ends with a monitor reading
                 metrics["knn_top1"] = log.history[-1]["knn_top1"] = job.knn()
@@ -328,9 +329,9 @@ def fit(job, on_epoch=None):
         log.add(epoch=0, loss=float("nan"), lr=0.0, epoch_s=0.0, images_per_s=0.0, knn_top1=job.knn())
 
 
-def checkpoint(job, epochs_done):
+def checkpoint(job, epochs_done, rng):
     return dict(format=CHECKPOINT_FORMAT, method=job.method.name, options=vars(job.opts), model=job.model.state_dict(),
-                optimizer=job.optimizer.state_dict(), scaler=job.rt.scaler.state_dict(), rng=rng_state(),
+                optimizer=job.optimizer.state_dict(), scaler=job.rt.scaler.state_dict(), rng=rng,
                 epoch=epochs_done, history=job.log.history, run_dir=str(job.run_dir))
 
 

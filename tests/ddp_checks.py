@@ -12,11 +12,23 @@ from losses import nt_xent
 from methods import MoCo
 from models import gather_all
 from run_options import default_options
-from runtime import setup_runtime
+from runtime import rng_states, set_rng_states, setup_runtime
 
 rt = setup_runtime("fp32", seed=0)
 rank, world = rt.rank, rt.world_size
 b = 4
+
+# Resume: each rank takes back its own RNG state (a resume used to give every rank rank 0's, so all drew the same crops).
+torch.manual_seed(30 + rank)
+saved = rng_states(rt)
+expected = torch.rand(4)
+torch.manual_seed(99)  # a fresh process, seeded the same on every rank
+set_rng_states(rt, saved)
+resumed = torch.rand(4)
+assert torch.equal(resumed, expected), "a rank did not get its own RNG state back"
+draws = [torch.zeros(4) for _ in range(world)]
+dist.all_gather(draws, resumed)
+assert not torch.equal(draws[0], draws[1]), "the ranks draw the same numbers after a resume"
 
 # SimCLR: 2 processes × batch b give the loss and gradients of 1 process × batch 2b.
 torch.manual_seed(1)

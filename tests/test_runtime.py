@@ -77,3 +77,25 @@ def test_auto_precision_on_a_gpu_with_emulated_bf16_only_is_fp16(monkeypatch):
     assert runtime.auto_precision(torch.device("cuda")) == "fp16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100, an H100
     assert runtime.auto_precision(torch.device("cuda")) == "bf16"
+
+
+def test_a_resume_in_fp16_takes_an_fp32_checkpoint_s_empty_scaler_state():
+    fp32, fp16 = (runtime.Runtime(torch.device("cpu"), precision) for precision in ("fp32", "fp16"))
+    assert fp32.scaler.state_dict() == {}  # what a disabled scaler saves
+    fp16.load_scaler(fp32.scaler.state_dict())  # GradScaler.load_state_dict raises on it
+    assert fp16.scaler.is_enabled() and fp16.scaler.get_scale() == 2.0**16  # its own fresh scale
+    fp16.scaler.scale(torch.ones(()))  # the scale is made at its first use
+    fp16.scaler.update(1024.0)
+    restored = runtime.Runtime(torch.device("cpu"), "fp16")
+    restored.load_scaler(fp16.scaler.state_dict())
+    assert restored.scaler.get_scale() == 1024.0
+
+
+def test_a_checkpoint_with_rank_0_s_rng_state_alone_still_resumes():
+    rt = runtime.Runtime(torch.device("cpu"), "fp32")
+    torch.manual_seed(5)
+    (state,) = runtime.rng_states(rt)
+    expected = torch.rand(3)
+    torch.manual_seed(6)
+    runtime.set_rng_states(rt, state)  # format-2 checkpoints before the per-rank list held one dict
+    assert torch.equal(torch.rand(3), expected)
