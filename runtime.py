@@ -128,7 +128,8 @@ def set_rng_state(state):
 
 def rng_states(rt):
     """Every process's RNG state in rank order (a collective: every rank calls it). Each process is seeded seed + rank
-    and draws its own crops, so a resume that gave every rank rank 0's state would make their views the same."""
+    and makes its own draws in a step (--mix's pairs and λ, MoChi's hard negatives; the crops are keyed by seed, epoch
+    and image instead), so a resume that gave every rank rank 0's state would make those draws the same on every rank."""
     if not rt.distributed:
         return [rng_state()]
     states = [None] * rt.world_size
