@@ -56,8 +56,8 @@ def test_augmentations_table_pairs_each_spec_with_original_seed_by_seed(tmp_path
     path, knn = study_workbook(tmp_path)
     methods_table.main("--augmentations", str(path))
     out = capsys.readouterr().out
-    assert table(out, "original")[4:] == ["", "", ""]
-    assert table(out, "ours")[6] == ""
+    assert table(out, "original")[4:] == ["", "", "", ""]
+    assert table(out, "ours")[6:] == ["", ""]
     solarize_vs_ours = [a - b for a, b in zip(knn["ours-solarize"], knn["ours"])]  # -1.0, 0.0, -0.5
     assert table(out, "ours-solarize")[6].startswith(f"{sum(solarize_vs_ours) / 3:+.2f} [")
     for spec in ("ours", "ours-solarize"):
@@ -83,6 +83,7 @@ def test_augmentations_table_pairs_a_searched_policy_file_with_ours(tmp_path, ca
     mean = sum(differences) / 3
     half = T_975_DF2 * math.sqrt(sum((d - mean) ** 2 for d in differences) / 2) / math.sqrt(3)
     assert row[1] == "0, 1, 2" and row[6] == f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+    assert row[7] == row[6]  # linear is kNN + 3 on every run: the same differences
 
 
 def test_proxy_table_ranks_each_proxy_against_the_study(tmp_path, capsys):
