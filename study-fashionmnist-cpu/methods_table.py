@@ -36,26 +36,27 @@ def study_rows(runs, study=STUDY, precision="fp32"):
 
 
 def methods_table(rows):
-    print("| method | seeds | kNN top-1 final | kNN top-1 best | linear top-1 | the same network at init: kNN / linear "
-          "| kNN - init, paired | minutes a run | images/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for method in METHODS:
-        trained = [r for r in rows if r["method"] == method and r["epochs"] and r["aug"] == "ours" and not r.get("mix")]
+    """A row per method and epoch budget (a method whose recipe changed its epochs keeps its earlier runs' row)."""
+    print("| method | epochs | seeds | kNN top-1 final | kNN top-1 best | linear top-1 | the same network at init: kNN / "
+          "linear | kNN - init, paired | minutes a run | images/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    ours = [r for r in rows if r["epochs"] and r["aug"] == "ours" and not r.get("mix")]
+    for method, epochs in sorted({(r["method"], r["epochs"]) for r in ours if r["method"] in METHODS},
+                                 key=lambda group: (METHODS.index(group[0]), group[1])):
+        trained = [r for r in ours if r["method"] == method and r["epochs"] == epochs]
         init = [r for r in rows if r["method"] == method and not r["epochs"]]
-        if not trained:
-            continue
         gain = paired_difference(by_seed(trained), by_seed(init))
         if gain is not None:
             gain = f"{gain.mean:+.2f}" + ("" if gain.low is None else f" [{gain.low:.2f}, {gain.high:.2f}]")
         column = lambda runs, name: mean_std([r[name] for r in runs])
-        print(f"| {method} | {', '.join(str(r['seed']) for r in trained)} | {column(trained, 'knn_top1_final')} | "
+        print(f"| {method} | {epochs} | {', '.join(str(r['seed']) for r in trained)} | {column(trained, 'knn_top1_final')} | "
               f"{column(trained, 'knn_top1_best')} | {column(trained, 'linear_top1')} | "
               f"{column(init, 'knn_top1_final')} / {column(init, 'linear_top1')} | {gain or ''} | "
               f"{mean_std([r['wall_time_s'] / 60 for r in trained])} | {column(trained, 'images_per_s')} |")
     pixels = [r for r in rows if r["method"] == "pixels"][:1]
     if pixels:
         knn, linear = pixels[0]["knn_top1_final"], pixels[0]["linear_top1"]
-        print(f"| raw pixels (28 px) | | {knn:.2f} | | {linear:.2f} | | | | |")
+        print(f"| raw pixels (28 px) | | | {knn:.2f} | | {linear:.2f} | | | | |")
 
 
 def augmentations_table(rows):

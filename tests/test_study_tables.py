@@ -46,10 +46,23 @@ def test_methods_table_row_is_the_ours_runs_alone(tmp_path, capsys):
     path, knn = study_workbook(tmp_path)
     methods_table.main(str(path))
     moco = table(capsys.readouterr().out, "moco")
-    assert moco[1] == "0, 1, 2"  # not the other specs', the mixing's or the bf16 runs' seeds
-    assert moco[2] == f"{statistics.mean(knn['ours']):.2f} ± {statistics.stdev(knn['ours']):.2f}"
+    assert moco[1:3] == ["5", "0, 1, 2"]  # not the other specs', the mixing's or the bf16 runs' seeds
+    assert moco[3] == f"{statistics.mean(knn['ours']):.2f} ± {statistics.stdev(knn['ours']):.2f}"
     gain = [k - 75.0 for k in knn["ours"]]
-    assert moco[6].startswith(f"+{statistics.mean(gain):.2f}")
+    assert moco[7].startswith(f"+{statistics.mean(gain):.2f}")
+
+
+def test_methods_table_gives_a_longer_recipe_its_own_row(tmp_path, capsys):
+    path, knn = study_workbook(tmp_path)
+    longer = [84.0, 86.0]
+    for seed, score in enumerate(longer):
+        results.append_run(path, study_run("ours", seed, score, score + 3, epochs=8), [])
+    methods_table.main(str(path))
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| moco |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["5", "8"]
+    eight = [cell.strip() for cell in rows[1].strip("|").split("|")]
+    assert eight[2] == "0, 1" and eight[3] == f"{statistics.mean(longer):.2f} ± {statistics.stdev(longer):.2f}"
+    assert eight[7].startswith(f"+{statistics.mean([k - 75.0 for k in longer]):.2f}")  # against the same init runs
 
 
 def test_augmentations_table_pairs_each_spec_with_original_seed_by_seed(tmp_path, capsys):
