@@ -44,7 +44,8 @@ def methods_table(rows):
     for method, epochs in sorted({(r["method"], r["epochs"]) for r in ours if r["method"] in METHODS},
                                  key=lambda group: (METHODS.index(group[0]), group[1])):
         trained = [r for r in ours if r["method"] == method and r["epochs"] == epochs]
-        init = [r for r in rows if r["method"] == method and not r["epochs"]]
+        # each out dir of a method runs its network at init: the same run, so one a seed (the later, as by_seed)
+        init = list({r["seed"]: r for r in rows if r["method"] == method and not r["epochs"]}.values())
         gain = paired_difference(by_seed(trained), by_seed(init))
         if gain is not None:
             gain = f"{gain.mean:+.2f}" + ("" if gain.low is None else f" [{gain.low:.2f}, {gain.high:.2f}]")

@@ -57,12 +57,15 @@ def test_methods_table_gives_a_longer_recipe_its_own_row(tmp_path, capsys):
     longer = [84.0, 86.0]
     for seed, score in enumerate(longer):
         results.append_run(path, study_run("ours", seed, score, score + 3, epochs=8), [])
+    results.append_run(path, study_run("eval", 0, 77.0, 78.0, epochs=0), [])  # its own out dir's init run of seed 0
     methods_table.main(str(path))
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| moco |")]
     assert [row.split("|")[2].strip() for row in rows] == ["5", "8"]
     eight = [cell.strip() for cell in rows[1].strip("|").split("|")]
     assert eight[2] == "0, 1" and eight[3] == f"{statistics.mean(longer):.2f} ± {statistics.stdev(longer):.2f}"
-    assert eight[7].startswith(f"+{statistics.mean([k - 75.0 for k in longer]):.2f}")  # against the same init runs
+    init = [77.0, 75.0, 75.0]  # one init run a seed, the later of seed 0's two (as the paired difference takes it)
+    assert eight[6].startswith(f"{statistics.mean(init):.2f} ± {statistics.stdev(init):.2f} / ")
+    assert eight[7].startswith(f"+{statistics.mean([k - i for k, i in zip(longer, init)]):.2f}")
 
 
 def test_augmentations_table_pairs_each_spec_with_original_seed_by_seed(tmp_path, capsys):
