@@ -91,6 +91,7 @@ def test_a_search_whose_proxy_reads_knn_every_2_epochs_prunes_on_the_readings_it
     assert all(step in (2, 3) for t in trials(tmp_path) for step in t.intermediate_values)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # ask/tell here
 def test_no_prune_keeps_the_trials_that_halving_prunes(tmp_path):
     """The search's own study, trials told by hand: each scores worse after epoch 1 than every trial before it, so
     SuccessiveHalving (reduction factor 4) stops those that are not among the best quarter; --no-prune stops none."""
