@@ -131,8 +131,8 @@ def main(argv=None):
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 px, got {getattr(args, name)}")
     if Path(args.out).suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got {args.out}")
-    make_dirs(Path(args.out).parent, "--out's directory")
     image = read_image(args)
+    make_dirs(Path(args.out).parent, "--out's directory")  # after the image: a bad --image leaves no empty folder
     size = args.size if args.size is not None else min(image.shape[:2])
     local_size = args.local_size or max(1, round(size * 96 / 224))
     grid = preview_grid(image, args.preset, args.n, size, args.seed, args.tile, args.local_crops, local_size,
