@@ -5,7 +5,7 @@
 # (k 200, t 0.1, full training set as bank, full test set) every epoch, a 100-epoch linear probe, with the network at
 # init and raw pixels. Seed 0 of every method first, then seed 1: rerunning skips finished runs (grid.json), and a
 # killed run continues from its checkpoint. A method at other than 5 epochs has its own out dir (METHOD-Nepochs).
-# Usage: bash study-fashionmnist-cpu/methods.sh [SEEDS]
+# Usage: bash study-fashionmnist-cpu/methods.sh [SEEDS] [METHODS] (SEEDS: how many, from 0; default 1, then 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 common=(--dataset fashionmnist --width 0.25 --crop-size 28 --batch-size 64 --knn-every 1
@@ -21,7 +21,7 @@ declare -A recipe=(
 )
 declare -A epochs=([simsiam]=8)  # 5 for the others
 for seeds in ${1:-1 2}; do
-  for method in moco swav simsiam byol simclr supervised; do
+  for method in ${2:-moco swav simsiam byol simclr supervised}; do
     n=${epochs[$method]:-5}
     out=study-fashionmnist-cpu/$method
     [ "$n" = 5 ] || out+="-${n}epochs"

@@ -24,3 +24,7 @@ python search_augment.py --method simsiam "${common[@]}" --epochs 8 --proj-dim 5
     --out study-fashionmnist-cpu/probes/simsiam-8epochs
 python search_augment.py --method byol "${common[@]}" --epochs 8 --proj-hidden 512 --pred-hidden 512 \
     --out study-fashionmnist-cpu/probes/byol-8epochs
+# BYOL at a lower LARS lr: 1.0 fell and 0.25 climbs slowly; on the synthetic learning check lower lrs helped BYOL most
+# (BENCHMARKS.md: its target starts as the network at init, and a large early step locks the online network onto it)
+python search_augment.py --method byol "${common[@]}" --proj-hidden 512 --pred-hidden 512 --lr 0.1 \
+    --out study-fashionmnist-cpu/probes/byol-lr0.1
