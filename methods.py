@@ -111,9 +111,9 @@ def check_positive(opts, *names):
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(opts, name)}")
 
 
-def add_optimizer_option(parser, default):
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=default,
-                        help="lr default per optimizer (batch 256): adam 3e-4, sgd 0.1, lars 0.3 x batch/256")
+def add_optimizer_option(parser, default, choices=OPTIMIZERS,
+                         help="lr default per optimizer (batch 256): adam 3e-4, sgd 0.1, lars 0.3 x batch/256"):
+    parser.add_argument("--optimizer", choices=choices, default=default, help=help)
 
 
 SIMCLR_OPTIMIZERS = {"adam": (3e-4, 1e-6), "sgd": (0.1, 5e-4), "lars": (0.3, 1e-6)}  # lr (batch 256), weight decay
@@ -429,6 +429,9 @@ class BYOL(Method):
         p.add_argument("--tau-base", type=float, default=None,
                        help="target EMA rate at the first step; rises to 1 (default: 0.99 with the CIFAR stem, 0.996 "
                             "with the ImageNet stem, the paper's)")
+        add_optimizer_option(p, "lars", ("lars", "sgd"),
+                             "lars: the recipe's, lr 1.0 x batch/256; sgd: lightly's CIFAR-10 benchmark, lr 0.06 x "
+                             "batch/128, momentum 0.9, no warm-up (its weight decay is 5e-4: pass --wd 5e-4)")
 
     @staticmethod
     def check_options(opts):
@@ -438,6 +441,8 @@ class BYOL(Method):
 
     @staticmethod
     def optimizer_recipe(opts):
+        if opts.optimizer == "sgd":  # lightly's benchmarks/cifar10_benchmark.py: 6e-2 x lr_factor (batch / 128)
+            return "sgd", opts.lr or 0.06 * opts.batch_size / 128, opts.wd, 0.0
         return lars_recipe(opts, 1.0)
 
     def __init__(self, opts, num_classes, cifar_stem, bn_splits):

@@ -8,7 +8,7 @@ import pretrain
 import run_options
 import training
 from cli import UserError
-from methods import METHODS, MoCo, SimCLR
+from methods import BYOL, METHODS, MoCo, SimCLR
 
 TINY = [*TINY_RUN, "--crop-size", "16"]
 
@@ -37,6 +37,17 @@ def test_moco_recipe_is_the_demo():
     assert (o.epochs, o.batch_size, o.lr, o.wd, o.moco_k, o.moco_m, o.moco_t, o.bn_splits, o.aug) == \
            (200, 512, 0.06, 5e-4, 4096, 0.99, 0.1, 8, "ours")
     assert MoCo.optimizer_recipe(o) == ("sgd", 0.06, 5e-4, 0.0) and MoCo.lr_per_epoch
+
+
+def test_byol_optimizers_are_solo_learns_lars_and_lightlys_sgd():
+    """LARS 1.0 x batch/256 with wd 1e-5 and a tenth of the run as warm-up (solo-learn's byol.yaml), or SGD 0.06 x
+    batch/128 without warm-up (lightly's cifar10_benchmark.py), --lr and --wd overriding either."""
+    o = run_options.default_options(BYOL, batch_size=64, epochs=5)
+    assert BYOL.optimizer_recipe(o) == ("lars", 1.0 * 64 / 256, 1e-5, 0.5)
+    o = run_options.default_options(BYOL, batch_size=64, epochs=5, optimizer="sgd", wd=5e-4)
+    assert BYOL.optimizer_recipe(o) == ("sgd", 0.06 * 64 / 128, 5e-4, 0.0)
+    o = run_options.default_options(BYOL, batch_size=64, optimizer="sgd", lr=0.1)
+    assert BYOL.optimizer_recipe(o)[:2] == ("sgd", 0.1)
 
 
 def test_check_options_refuses_impossible_values():
