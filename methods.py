@@ -595,6 +595,9 @@ class SwAV(Method):
         p.add_argument("--freeze-prototypes-steps", type=int, default=None,
                        help="steps from the start during which the prototypes are not trained (default: the first "
                             "epoch's)")
+        add_optimizer_option(p, "lars", ("lars", "adam"),
+                             "lars: the recipe's, lr 0.6 x batch/256; adam: lightly's CIFAR-10 benchmark, lr 1e-3 x "
+                             "batch/128, no warm-up (weight decay 1e-6 in both)")
 
     @staticmethod
     def check_options(opts):
@@ -606,6 +609,8 @@ class SwAV(Method):
 
     @staticmethod
     def optimizer_recipe(opts):
+        if opts.optimizer == "adam":  # lightly's benchmarks/cifar10_benchmark.py: 1e-3 x lr_factor (batch / 128)
+            return "adam", opts.lr or 1e-3 * opts.batch_size / 128, opts.wd, 0.0
         return lars_recipe(opts, 0.6)
 
     def __init__(self, opts, num_classes, cifar_stem, bn_splits):

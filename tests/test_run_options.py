@@ -8,7 +8,7 @@ import pretrain
 import run_options
 import training
 from cli import UserError
-from methods import BYOL, METHODS, MoCo, SimCLR
+from methods import BYOL, METHODS, MoCo, SimCLR, SwAV
 
 TINY = [*TINY_RUN, "--crop-size", "16"]
 
@@ -39,15 +39,20 @@ def test_moco_recipe_is_the_demo():
     assert MoCo.optimizer_recipe(o) == ("sgd", 0.06, 5e-4, 0.0) and MoCo.lr_per_epoch
 
 
-def test_byol_optimizers_are_solo_learns_lars_and_lightlys_sgd():
-    """LARS 1.0 x batch/256 with wd 1e-5 and a tenth of the run as warm-up (solo-learn's byol.yaml), or SGD 0.06 x
-    batch/128 without warm-up (lightly's cifar10_benchmark.py), --lr and --wd overriding either."""
+def test_byol_and_swav_optimizers_are_solo_learns_lars_or_lightlys():
+    """BYOL: LARS 1.0 x batch/256 with wd 1e-5 and a tenth of the run as warm-up (solo-learn's byol.yaml), or SGD
+    0.06 x batch/128 without warm-up (lightly's cifar10_benchmark.py), --lr and --wd overriding either. SwAV: LARS 0.6
+    x batch/256 (solo-learn's swav.yaml) or Adam 1e-3 x batch/128 without warm-up (lightly's), both at wd 1e-6."""
     o = run_options.default_options(BYOL, batch_size=64, epochs=5)
     assert BYOL.optimizer_recipe(o) == ("lars", 1.0 * 64 / 256, 1e-5, 0.5)
     o = run_options.default_options(BYOL, batch_size=64, epochs=5, optimizer="sgd", wd=5e-4)
     assert BYOL.optimizer_recipe(o) == ("sgd", 0.06 * 64 / 128, 5e-4, 0.0)
     o = run_options.default_options(BYOL, batch_size=64, optimizer="sgd", lr=0.1)
     assert BYOL.optimizer_recipe(o)[:2] == ("sgd", 0.1)
+    o = run_options.default_options(SwAV, batch_size=64, epochs=5)
+    assert SwAV.optimizer_recipe(o) == ("lars", 0.6 * 64 / 256, 1e-6, 0.5)
+    o = run_options.default_options(SwAV, batch_size=64, epochs=5, optimizer="adam")
+    assert SwAV.optimizer_recipe(o) == ("adam", 1e-3 * 64 / 128, 1e-6, 0.0)
 
 
 def test_check_options_refuses_impossible_values():
