@@ -608,6 +608,15 @@ class SwAV(Method):
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(opts, name)}")
 
     @staticmethod
+    def notes(opts, n_train):
+        if opts.prototypes > opts.proj_dim:
+            return []
+        return [f"--prototypes {opts.prototypes} is at most --proj-dim {opts.proj_dim}: a projection that scores the "
+                "same against every prototype exists (one orthogonal to all of them, with fewer prototypes than "
+                "dimensions), predicts the uniform distribution whatever the codes, and gives loss ln K; runs that "
+                "found it stopped learning (BENCHMARKS.md). More prototypes than dimensions rule it out"]
+
+    @staticmethod
     def optimizer_recipe(opts):
         if opts.optimizer == "adam":  # lightly's benchmarks/cifar10_benchmark.py: 1e-3 x lr_factor (batch / 128)
             return "adam", opts.lr or 1e-3 * opts.batch_size / 128, opts.wd, 0.0

@@ -273,6 +273,25 @@ def test_swav_prototypes_are_frozen_for_the_first_epoch_then_renormalised_every_
     assert not explicit.frozen
 
 
+def test_swav_with_no_more_prototypes_than_dimensions_has_a_uniform_fixed_point_and_is_noted():
+    """K <= d unit prototypes leave a unit projection orthogonal to all of them: its scores are all 0, its prediction
+    uniform, and the swapped-prediction loss is ln K whatever the codes (Fashion-MNIST runs with 100 prototypes in 128
+    dimensions sat at 4.6052 = ln 100). With K > d generic prototypes no unit vector scores alike against all."""
+    torch.manual_seed(0)
+    for k, d in ((100, 128), (128, 128)):
+        prototypes = F.normalize(torch.randn(k, d), dim=1)
+        if k < d:
+            z = F.normalize(torch.linalg.svd(prototypes).Vh[-1], dim=0)  # spans the null space's last direction
+        else:
+            z = F.normalize(torch.linalg.solve(prototypes, torch.ones(k)), dim=0)  # equal scores, not zero
+        scores = (z @ prototypes.t()).expand(4, k)
+        assert torch.allclose(scores, scores[:1, :1].expand(4, k), atol=1e-5)
+        codes = torch.softmax(torch.randn(4, k), dim=1)
+        assert losses.swav_loss([scores, scores], [codes, codes]).item() == pytest.approx(math.log(k), abs=1e-4)
+    notes = [SwAV.notes(method_options(SwAV, prototypes=k, proj_dim=128), 60000) for k in (100, 128, 129, 3000)]
+    assert [len(n) for n in notes] == [1, 1, 0, 0] and "--prototypes 100 is at most --proj-dim 128" in notes[0][0]
+
+
 def test_swav_queue_holds_the_newest_global_projections_and_joins_sinkhorn_once_full(monkeypatch):
     model = small(SwAV, queue_length=8, queue_start=1)
     rows, real_sinkhorn = [], methods.sinkhorn
