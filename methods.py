@@ -611,10 +611,10 @@ class SwAV(Method):
     def notes(opts, n_train):
         if opts.prototypes > opts.proj_dim:
             return []
-        return [f"--prototypes {opts.prototypes} is at most --proj-dim {opts.proj_dim}: a projection that scores the "
-                "same against every prototype exists (one orthogonal to all of them, with fewer prototypes than "
-                "dimensions), predicts the uniform distribution whatever the codes, and gives loss ln K; runs that "
-                "found it stopped learning (BENCHMARKS.md). More prototypes than dimensions rule it out"]
+        return [f"--prototypes {opts.prototypes} is at most --proj-dim {opts.proj_dim}: some projection scores alike "
+                "against every prototype (with fewer prototypes than dimensions, one orthogonal to all of them), "
+                "predicts the uniform distribution whatever the codes and gives loss ln K, a fixed point where "
+                "learning stops (BENCHMARKS.md); more prototypes than dimensions rule it out while they are frozen"]
 
     @staticmethod
     def optimizer_recipe(opts):
