@@ -36,14 +36,15 @@ def study_rows(runs, study=STUDY, precision="fp32"):
 
 
 def methods_table(rows):
-    """A row per method and epoch budget (a method whose recipe changed its epochs keeps its earlier runs' row)."""
+    """A row per method, epoch budget and optimizer (a method whose recipe changed keeps its earlier runs' row)."""
     print("| method | epochs | seeds | kNN top-1 final | kNN top-1 best | linear top-1 | the same network at init: kNN / "
-          "linear | kNN - init, paired | minutes a run | images/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "linear | kNN - init, paired | minutes a run | images/s | optimizer, lr |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     ours = [r for r in rows if r["epochs"] and r["aug"] == "ours" and not r.get("mix")]
-    for method, epochs in sorted({(r["method"], r["epochs"]) for r in ours if r["method"] in METHODS},
-                                 key=lambda group: (METHODS.index(group[0]), group[1])):
-        trained = [r for r in ours if r["method"] == method and r["epochs"] == epochs]
+    recipe = lambda r: (r["method"], r["epochs"], r.get("optimizer") or "", r.get("lr") or 0)
+    for group in sorted({recipe(r) for r in ours if r["method"] in METHODS},
+                        key=lambda group: (METHODS.index(group[0]), *group[1:])):
+        (method, epochs, optimizer, lr), trained = group, [r for r in ours if recipe(r) == group]
         # each out dir of a method runs its network at init: the same run, so one a seed (the later, as by_seed)
         init = list({r["seed"]: r for r in rows if r["method"] == method and not r["epochs"]}.values())
         gain = paired_difference(by_seed(trained), by_seed(init))
@@ -53,11 +54,12 @@ def methods_table(rows):
         print(f"| {method} | {epochs} | {', '.join(str(r['seed']) for r in trained)} | {column(trained, 'knn_top1_final')} | "
               f"{column(trained, 'knn_top1_best')} | {column(trained, 'linear_top1')} | "
               f"{column(init, 'knn_top1_final')} / {column(init, 'linear_top1')} | {gain or ''} | "
-              f"{mean_std([r['wall_time_s'] / 60 for r in trained])} | {column(trained, 'images_per_s')} |")
+              f"{mean_std([r['wall_time_s'] / 60 for r in trained])} | {column(trained, 'images_per_s')} | "
+              f"{f'{optimizer} {lr:g}' if optimizer else ''} |")
     pixels = [r for r in rows if r["method"] == "pixels"][:1]
     if pixels:
         knn, linear = pixels[0]["knn_top1_final"], pixels[0]["linear_top1"]
-        print(f"| raw pixels (28 px) | | | {knn:.2f} | | {linear:.2f} | | | | |")
+        print(f"| raw pixels (28 px) | | | {knn:.2f} | | {linear:.2f} | | | | | |")
 
 
 def augmentations_table(rows):

@@ -68,6 +68,17 @@ def test_methods_table_gives_a_longer_recipe_its_own_row(tmp_path, capsys):
     assert eight[7].startswith(f"+{statistics.mean([k - i for k, i in zip(longer, init)]):.2f}")
 
 
+def test_methods_table_gives_another_optimizer_at_the_same_epochs_its_own_row(tmp_path, capsys):
+    path, _ = study_workbook(tmp_path)
+    for seed, score in enumerate([85.0, 86.0]):
+        results.append_run(path, study_run("ours", seed, score, score + 3, optimizer="lars", lr=0.25), [])
+    methods_table.main(str(path))
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| moco |")]
+    assert [(row[2], row[3], row[-1]) for row in rows] == [("0, 1, 2", "83.17 ± 0.76", ""),
+                                                           ("0, 1", "85.50 ± 0.71", "lars 0.25")]
+
+
 def test_augmentations_table_pairs_each_spec_with_original_seed_by_seed(tmp_path, capsys):
     path, knn = study_workbook(tmp_path)
     methods_table.main("--augmentations", str(path))
