@@ -14,7 +14,7 @@ common=(--dataset fashionmnist --width 0.25 --crop-size 28 --batch-size 64 --knn
         --precision fp32)  # the table's numeric setting: auto is bf16 on AMX (bf16.sh)
 declare -A recipe=(
   [moco]="--bn-splits 2 --lr 0.06 --no-cos --moco-k 4096"
-  [swav]="--proj-hidden 512 --prototypes 512 --local-crops 4 --queue-length 1920 --queue-start 0
+  [swav]="--proj-hidden 512 --prototypes 512 --freeze-prototypes-steps 0 --queue-length 1920 --queue-start 0
           --optimizer adam"
   [simsiam]="--proj-dim 512 --pred-hidden 128 --lr 0.06"
   [byol]="--proj-hidden 512 --pred-hidden 512 --optimizer sgd --wd 5e-4"
