@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The methods table on Fashion-MNIST at the CPU recipe (README "No GPU? ..."): every method at the same backbone
-# (ResNet-18 at width 0.25, CIFAR stem), 28-px crops (SwAV: plus 4 local crops of 15 px), batch 64, 5 epochs of the
+# (ResNet-18 at width 0.25, CIFAR stem), 28-px crops (SwAV: no local crops, BENCHMARKS.md), batch 64, 5 epochs of the
 # full 60,000 training images (SimSiam and BYOL 8: at 5 they end still climbing, near or under the bar; probes.sh), aug
 # `ours`, kNN
 # (k 200, t 0.1, full training set as bank, full test set) every epoch, a 100-epoch linear probe, with the network at
