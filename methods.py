@@ -402,6 +402,12 @@ def lars_recipe(opts, base_lr):
     return "lars", opts.lr or base_lr * opts.batch_size / 256, opts.wd, min(10.0, opts.epochs / 10)
 
 
+def lightly_recipe(opts, optimizer, base_lr):
+    """lightly's CIFAR-10 benchmark (benchmarks/cifar10_benchmark.py): base_lr x lr_factor (batch / 128), no warm-up,
+    cosine (per step here); --lr sets the lr itself."""
+    return optimizer, opts.lr or base_lr * opts.batch_size / 128, opts.wd, 0.0
+
+
 class BYOL(Method):
     """BYOL (Grill et al. 2020): the online network (backbone, projector, predictor) predicts the target network's
     projection of the other view; the target (backbone, projector) is the online network's exponential moving average
@@ -441,9 +447,7 @@ class BYOL(Method):
 
     @staticmethod
     def optimizer_recipe(opts):
-        if opts.optimizer == "sgd":  # lightly's benchmarks/cifar10_benchmark.py: 6e-2 x lr_factor (batch / 128)
-            return "sgd", opts.lr or 0.06 * opts.batch_size / 128, opts.wd, 0.0
-        return lars_recipe(opts, 1.0)
+        return lightly_recipe(opts, "sgd", 0.06) if opts.optimizer == "sgd" else lars_recipe(opts, 1.0)
 
     def __init__(self, opts, num_classes, cifar_stem, bn_splits):
         super().__init__()
@@ -618,9 +622,7 @@ class SwAV(Method):
 
     @staticmethod
     def optimizer_recipe(opts):
-        if opts.optimizer == "adam":  # lightly's benchmarks/cifar10_benchmark.py: 1e-3 x lr_factor (batch / 128)
-            return "adam", opts.lr or 1e-3 * opts.batch_size / 128, opts.wd, 0.0
-        return lars_recipe(opts, 0.6)
+        return lightly_recipe(opts, "adam", 1e-3) if opts.optimizer == "adam" else lars_recipe(opts, 0.6)
 
     def __init__(self, opts, num_classes, cifar_stem, bn_splits):
         super().__init__()
