@@ -446,16 +446,36 @@ def _rebuild_args(workbook):
         sheet.row_dimensions[sheet.max_row].height = min(409, 15 * lines)  # 409 pt: Excel's tallest row
 
 
+def knn_curves(path, run_ids):
+    """{run_id: {epoch: kNN top-1}} of those runs in the workbook at path (a run without a kNN reading is absent):
+    the curves outlive the run folders, which are not kept (a fresh clone has none)."""
+    if not Path(path).exists():
+        return {}
+    workbook = openpyxl.load_workbook(path, read_only=True)
+    try:
+        return _knn_readings(workbook, set(run_ids)) if "curves" in workbook.sheetnames else {}
+    finally:
+        workbook.close()
+
+
+def _knn_readings(workbook, run_ids):
+    """{run_id: {epoch: kNN top-1}} from the curves sheet; a run's later rows for an epoch replace its earlier ones."""
+    rows = workbook["curves"].iter_rows(values_only=True)
+    header = list(next(rows, ()))
+    epoch_col, knn_col = header.index("epoch"), header.index("knn_top1")
+    readings = {}
+    for row in rows:
+        if row and row[0] in run_ids and isinstance(row[knn_col], (int, float)) \
+                and isinstance(row[epoch_col], (int, float)):
+            readings.setdefault(row[0], {})[row[epoch_col]] = row[knn_col]
+    return readings
+
+
 def _setting_curves(workbook):
     """[(summary key, number of runs, {epoch: mean kNN top-1 over the runs})] of every setting (SUMMARY_KEYS) with a
     kNN reading, the setting of the newest run last. A run's later curve rows for an epoch replace its earlier ones."""
     runs = {record.get("run_id"): record for record in _records(workbook["runs"])}
-    header = _header(workbook["curves"])
-    epoch_col, knn_col = header.index("epoch"), header.index("knn_top1")
-    readings = {}  # run_id -> {epoch: kNN top-1}
-    for row in workbook["curves"].iter_rows(min_row=2, values_only=True):
-        if row[0] in runs and isinstance(row[knn_col], (int, float)) and isinstance(row[epoch_col], (int, float)):
-            readings.setdefault(row[0], {})[row[epoch_col]] = row[knn_col]
+    readings = _knn_readings(workbook, runs)
     settings = {}  # key -> {run_id: readings}, in the order of each setting's newest run
     for run_id, record in runs.items():
         if run_id in readings:

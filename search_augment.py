@@ -15,7 +15,6 @@ base. The study lives in an Optuna storage: several processes (or machines shari
 command work on one study, and a killed search continues when the command is run again.
 """
 import copy
-import csv
 import json
 import os
 import statistics
@@ -33,7 +32,7 @@ from checkpoints import RECORDED, RESUME_MAY_CHANGE
 from cli import ArgumentParser, UserError, make_dirs, parse_with_given, run_main
 from datasets import check_crop_size, dataset_info
 from methods import METHODS, RawPixels, get_method
-from results import append_search_trials
+from results import append_search_trials, knn_curves
 from stats import mean_std, paired_difference
 from run_options import add_run_options
 
@@ -169,7 +168,7 @@ def grid(method, options):
                        options.reference)
     (out / "grid.md").write_text(f"{grid_setting(method, options)}\n\n{table}\n")
     print(table)
-    plot_grid_curves(done, options.grid, out / "grid_knn.png", options)
+    plot_grid_curves(grid_curves(done, options.grid, options.results), out / "grid_knn.png", options)
     return done
 
 
@@ -230,21 +229,28 @@ def grid_table(done, labels, reference):
     return "\n".join(rows)
 
 
-def plot_grid_curves(done, specs, path, options):
-    """kNN top-1 by epoch, the mean over seeds of each spec (from each run's log.csv)."""
+def grid_curves(done, specs, results):
+    """{spec: {epoch: kNN top-1, the mean over its seeds}} from the workbook's curves of each run (the run folders,
+    with their log.csv, are not kept: a fresh clone has none)."""
+    readings = knn_curves(results, [run["run_id"] for run in done.values()])
+    curves = {}
+    for spec in specs:
+        by_epoch = {}
+        for run in (r for r in done.values() if r["label"] == spec):
+            for epoch, knn in readings.get(run["run_id"], {}).items():
+                by_epoch.setdefault(int(epoch), []).append(knn)
+        curves[spec] = {epoch: statistics.mean(by_epoch[epoch]) for epoch in sorted(by_epoch)}
+    return curves
+
+
+def plot_grid_curves(curves, path, options):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for spec in specs:
-        curves = {}
-        for run in (r for r in done.values() if r["label"] == spec):
-            for row in csv.DictReader(open(Path(run["run_dir"]) / "log.csv")):
-                if row["knn_top1"]:
-                    curves.setdefault(int(row["epoch"]), []).append(float(row["knn_top1"]))
-        epochs = sorted(curves)
-        ax.plot(epochs, [statistics.mean(curves[e]) for e in epochs], marker="o", label=spec)
+    for spec, by_epoch in curves.items():
+        ax.plot(list(by_epoch), list(by_epoch.values()), marker="o", label=spec)
     ax.set(xlabel="epoch", ylabel="kNN top-1 (%), mean over seeds",
            title=f"{options.dataset}: kNN top-1 by augmentation spec ({options.seeds} seeds)")
     ax.grid(alpha=0.3)

@@ -2,6 +2,7 @@
 import json
 import re
 from datetime import datetime, timedelta
+import shutil
 import signal
 import time
 
@@ -127,6 +128,21 @@ def test_grid_gives_one_row_per_spec_and_seed_and_skips_finished_ones(tmp_path, 
     assert re.search(r"\| [+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]( \*)? \|", ours)  # 2 seed pairs
     search_augment.main(argv)  # the same command again: nothing reruns
     assert len(sheet_rows(tmp_path / "r.xlsx", "search")) == 4 and "skipped" in capsys.readouterr().out
+
+
+def test_a_grid_rerun_without_its_run_folders_skips_and_still_plots_every_curve(tmp_path, capsys):
+    """A fresh clone has grid.json and the workbook but no runs/ folders (not committed): the rerun read each run's
+    log.csv for the plot and stopped with a traceback. The curves come from the workbook's curves sheet."""
+    argv = [*TINY_SEARCH[:-2], "--knn-every", "1", "--grid", "original", "ours", "--out", str(tmp_path / "grid"),
+            "--results", str(tmp_path / "r.xlsx")]
+    search_augment.main(argv)
+    shutil.rmtree(tmp_path / "grid" / "runs")
+    search_augment.main(argv)
+    assert "skipped" in capsys.readouterr().out
+    knn = {row["run_id"]: row["knn_top1"] for row in sheet_rows(tmp_path / "r.xlsx", "curves")}
+    done = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    assert search_augment.grid_curves(done, ["original", "ours"], tmp_path / "r.xlsx") == {
+        spec: {1: knn[done[f"{spec} seed 0"]["run_id"]]} for spec in ("original", "ours")}
 
 
 def test_a_grid_killed_between_a_runs_row_and_grid_json_takes_the_row_on_the_rerun(tmp_path, capsys):
