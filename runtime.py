@@ -152,7 +152,16 @@ def peak_gpu_memory_gb(rt):
 def hardware_name(rt):
     if rt.device.type == "cuda":
         return f"{rt.world_size}x {torch.cuda.get_device_name(rt.device)}"
-    return f"CPU ({os.cpu_count()} cores)" + (f" x{rt.world_size} processes" if rt.distributed else "")
+    return f"{cpu_name()} ({os.cpu_count()} cores)" + (f" x{rt.world_size} processes" if rt.distributed else "")
+
+
+def cpu_name():
+    """The CPU's model as Linux names it: two 2-core machines of the same kind ran a run at speeds 2x apart."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None) or "CPU"
 
 
 def git_commit():

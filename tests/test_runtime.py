@@ -1,6 +1,7 @@
 """The runtime's precision choice: what --precision auto picks on each kind of hardware, and a bf16 step on the CPU
 against the same step in fp32."""
 import math
+import os
 import platform
 from pathlib import Path
 
@@ -31,6 +32,14 @@ def cpu_flags():
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() and platform.machine() in ("x86_64", "AMD64") else []
     return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), None)
+
+
+@pytest.mark.skipif(cpu_flags() is None, reason="reads an x86 CPU's model from Linux")
+def test_a_cpu_run_names_the_cpu_model_not_only_its_cores():
+    """It read `CPU (2 cores)` on an Intel Xeon and on an AMD EPYC that trained at half its speed."""
+    model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name"))
+    assert runtime.hardware_name(runtime.setup_runtime("fp32")) == f"{model} ({os.cpu_count()} cores)"
 
 
 @pytest.mark.skipif(cpu_flags() is None, reason="reads an x86 CPU's flags from Linux")
