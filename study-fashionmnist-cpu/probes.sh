@@ -35,3 +35,15 @@ python search_augment.py --method byol "${common[@]}" --proj-hidden 512 --pred-h
 # at 8 epochs as SimSiam's (5 clear the bar on seed 0 by 0.7 points only, and seed 1's init is 0.7 higher)
 python search_augment.py --method byol "${common[@]}" --proj-hidden 512 --pred-hidden 512 --optimizer sgd --wd 5e-4 \
     --study fashionmnist-cpu-probe-byol-sgd --out study-fashionmnist-cpu/probes/byol-sgd
+# SwAV at its table row (methods.sh: no local crops, 512 prototypes, queue 1,920 from step 0, Adam at lightly's
+# 1e-3 x batch/128 = 5e-4) learns but slowly: fp32 72.89, 74.50, 75.88, 76.75, 77.32 (+0.92 over init). A higher Adam
+# lr takes it to the uniform fixed point (2026-12-07, AMD EPYC, fp32, each stopped early in epoch 2): 3e-3 (SimCLR's
+# lr in this table) loss 6.2378 after epoch 1 (ln 512 = 6.2383), kNN 64.77; 1e-3 (lightly's without the batch
+# scaling) loss 6.1155 after epoch 1 and 6.2386 in epoch 2, kNN 65.63 after epoch 1.
+# The prototypes frozen for the whole run at the table's lr: 512 fixed unit vectors in 128 dimensions leave no
+# projection that scores alike against all of them, so the uniform prediction is out of reach. Measured (stopped in
+# epoch 2): loss 6.0487 after epoch 1, still falling (5.97 in epoch 2), but kNN 54.75, 18 points under the trained
+# prototypes' 72.89: the backbone loses its spread faster. SwAV's recipe stays; it trains 12 epochs (methods.sh)
+python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --prototypes 512 \
+    --freeze-prototypes-steps 1000000 --queue-length 1920 --queue-start 0 --optimizer adam \
+    --study fashionmnist-cpu-probe-swav-frozen --out study-fashionmnist-cpu/probes/swav-frozen
