@@ -38,7 +38,8 @@ SEARCH_REQUIRED = SEARCH_COLUMNS[:6]
 REFERENCE_COLUMNS = ["source", "method", "dataset", "config", "epochs", "metric", "value"]
 JSON_COLUMNS = ["policy", "method_options", "args"]  # long texts: a one-line preview in `runs`, in full in `args`
 # one setting; `data` names the split that was scored: a search's validation runs and its test re-checks share the rest
-SUMMARY_KEYS = ["study", "dataset", "method", "arch", "crop_size", "aug", "mix", "epochs", "precision", "data"]
+SUMMARY_KEYS = ["study", "dataset", "method", "arch", "crop_size", "aug", "mix", "epochs", "optimizer", "lr", "precision",
+                "data"]
 COMPARED_KEYS = ["aug", "mix"]  # what the settings of one comparison differ in (the augmentation, with its mixing)
 SUMMARY_METRICS = ["knn_top1_final", "knn_top1_best", "linear_top1"]
 # each setting's kNN top-1 final against the reference of its comparison (the same setting but for the aug and the
@@ -494,7 +495,7 @@ def _setting_labels(keys):
     """Method and aug, and every other summary key whose value differs between the charted settings."""
     varying = {name for i, name in enumerate(SUMMARY_KEYS) if len({key[i] for key in keys}) > 1}
     shown = [i for i, name in enumerate(SUMMARY_KEYS) if name in {"method", "aug"} | varying]
-    names = {"epochs": "{} ep", "crop_size": "{} px"}
+    names = {"epochs": "{} ep", "crop_size": "{} px", "lr": "lr {:g}"}
     return [" ".join(names.get(SUMMARY_KEYS[i], "{}").format(key[i]) for i in shown if key[i] not in (None, ""))
             for key in keys]
 

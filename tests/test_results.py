@@ -294,6 +294,18 @@ def test_summary_keeps_two_precisions_apart(tmp_path):
                                                                                     "bf16": (2, 70.5)}
 
 
+def test_summary_keeps_two_recipes_of_one_method_apart(tmp_path):
+    """BYOL's LARS and SGD runs of one study and epoch budget were averaged into one summary row."""
+    path = tmp_path / "results.xlsx"
+    for optimizer, lr, seed, final in [("lars", 0.25, 0, 78.0), ("sgd", 0.03, 0, 84.0), ("sgd", 0.03, 1, 85.0),
+                                       ("sgd", 0.06, 0, 83.0)]:
+        results.append_run(path, make_run(method="byol", optimizer=optimizer, lr=lr, seed=seed,
+                                          knn_top1_final=final), [])
+    summary = {(r["optimizer"], r["lr"]): r for r in records(openpyxl.load_workbook(path)["summary"])}
+    assert {key: (r["runs"], r["knn_top1_final_mean"]) for key, r in summary.items()} == {
+        ("lars", 0.25): (1, 78.0), ("sgd", 0.03): (2, 84.5), ("sgd", 0.06): (1, 83.0)}
+
+
 def test_summary_keeps_validation_scores_apart_from_test_scores(tmp_path):
     """A search scores its base policy on the validation split, then re-checks it on the test set: same study, aug,
     epochs and seed, two different numbers that must not be averaged."""
@@ -587,7 +599,8 @@ def test_workbook_renders_in_libreoffice(tmp_path, monkeypatch):
     # Printed as a person reads it: the summary, the chart (without its data columns), then the runs, script not cut
     # off, and the long args only on the `args` sheet
     runs_page = next(i for i, text in enumerate(pages[full], 1) if "moco_augmented.py" in text)
-    assert "knn_top1_final_mean" in pages[full][0] and chart_pages[0][0] < runs_page <= 5, (chart_pages, runs_page)
+    # (the summary prints on 4 pages side by side, its 12 key columns on each)
+    assert "knn_top1_final_mean" in pages[full][0] and chart_pages[0][0] < runs_page <= 6, (chart_pages, runs_page)
     assert not any("knn_top1_mean" in text for text in pages[full])
     args_page = next(i for i, text in enumerate(pages[full], 1) if "option_79" in text)
     assert args_page > runs_page
