@@ -38,8 +38,8 @@ def study_rows(runs, study=STUDY, precision="fp32"):
 def methods_table(rows):
     """A row per method, epoch budget and optimizer (a method whose recipe changed keeps its earlier runs' row)."""
     print("| method | epochs | seeds | kNN top-1 final | kNN top-1 best | linear top-1 | the same network at init: kNN / "
-          "linear | kNN - init, paired | minutes a run | images/s | optimizer, lr |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "linear | kNN - init, paired | minutes a run | images/s | optimizer, lr | hardware |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     ours = [r for r in rows if r["epochs"] and r["aug"] == "ours" and not r.get("mix")]
     recipe = lambda r: (r["method"], r["epochs"], r.get("optimizer") or "", r.get("lr") or 0)
     for group in sorted({recipe(r) for r in ours if r["method"] in METHODS},
@@ -55,11 +55,19 @@ def methods_table(rows):
               f"{column(trained, 'knn_top1_best')} | {column(trained, 'linear_top1')} | "
               f"{column(init, 'knn_top1_final')} / {column(init, 'linear_top1')} | {gain or ''} | "
               f"{mean_std([r['wall_time_s'] / 60 for r in trained])} | {column(trained, 'images_per_s')} | "
-              f"{f'{optimizer} {lr:g}' if optimizer else ''} |")
+              f"{f'{optimizer} {lr:g}' if optimizer else ''} | {hardware(trained)} |")
     pixels = [r for r in rows if r["method"] == "pixels"][:1]
     if pixels:
         knn, linear = pixels[0]["knn_top1_final"], pixels[0]["linear_top1"]
-        print(f"| raw pixels (28 px) | | | {knn:.2f} | | {linear:.2f} | | | | | |")
+        print(f"| raw pixels (28 px) | | | {knn:.2f} | | {linear:.2f} | | | | | | |")
+
+
+def hardware(runs):
+    """Each machine that ran some of the runs, with how many when they differ: minutes and images/s are their mean."""
+    counts = {}
+    for run in runs:
+        counts[run.get("hardware") or "?"] = counts.get(run.get("hardware") or "?", 0) + 1
+    return " / ".join(name if len(counts) == 1 else f"{name} ({n})" for name, n in counts.items())
 
 
 def augmentations_table(rows):

@@ -75,8 +75,20 @@ def test_methods_table_gives_another_optimizer_at_the_same_epochs_its_own_row(tm
     methods_table.main(str(path))
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| moco |")]
-    assert [(row[2], row[3], row[-1]) for row in rows] == [("0, 1, 2", "83.17 ± 0.76", ""),
+    assert [(row[2], row[3], row[-2]) for row in rows] == [("0, 1, 2", "83.17 ± 0.76", ""),
                                                            ("0, 1", "85.50 ± 0.71", "lars 0.25")]
+
+
+def test_methods_table_names_each_machine_that_ran_a_row(tmp_path, capsys):
+    """Minutes and images/s are means over the row's runs: two 2-core machines trained at speeds 2x apart."""
+    path = tmp_path / "results.xlsx"
+    for seed, machine in enumerate(["Intel Xeon (2 cores)", "AMD EPYC (2 cores)", "AMD EPYC (2 cores)"]):
+        results.append_run(path, study_run("ours", seed, 83.0, 86.0, hardware=machine), [])
+    results.append_run(path, study_run("ours", 0, 90.0, 91.0, method="supervised", hardware="AMD EPYC (2 cores)"), [])
+    methods_table.main(str(path))
+    out = capsys.readouterr().out
+    assert table(out, "moco")[-1] == "Intel Xeon (2 cores) (1) / AMD EPYC (2 cores) (2)"
+    assert table(out, "supervised")[-1] == "AMD EPYC (2 cores)"
 
 
 def test_augmentations_table_pairs_each_spec_with_original_seed_by_seed(tmp_path, capsys):
