@@ -599,9 +599,10 @@ class SwAV(Method):
         p.add_argument("--freeze-prototypes-steps", type=int, default=None,
                        help="steps from the start during which the prototypes are not trained (default: the first "
                             "epoch's)")
-        add_optimizer_option(p, "lars", ("lars", "adam"),
+        add_optimizer_option(p, "lars", ("lars", "adam", "sgd"),
                              "lars: the recipe's, lr 0.6 x batch/256; adam: lightly's CIFAR-10 benchmark, lr 1e-3 x "
-                             "batch/128, no warm-up (weight decay 1e-6 in both)")
+                             "batch/128, no warm-up (weight decay 1e-6 in both); sgd: lightly's for its other methods, "
+                             "lr 0.06 x batch/128, momentum 0.9, no warm-up (its weight decay is 5e-4: pass --wd 5e-4)")
 
     @staticmethod
     def check_options(opts):
@@ -622,7 +623,9 @@ class SwAV(Method):
 
     @staticmethod
     def optimizer_recipe(opts):
-        return lightly_recipe(opts, "adam", 1e-3) if opts.optimizer == "adam" else lars_recipe(opts, 0.6)
+        if opts.optimizer == "lars":
+            return lars_recipe(opts, 0.6)
+        return lightly_recipe(opts, opts.optimizer, {"adam": 1e-3, "sgd": 0.06}[opts.optimizer])
 
     def __init__(self, opts, num_classes, cifar_stem, bn_splits):
         super().__init__()

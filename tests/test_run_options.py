@@ -42,7 +42,8 @@ def test_moco_recipe_is_the_demo():
 def test_byol_and_swav_optimizers_are_solo_learns_lars_or_lightlys():
     """BYOL: LARS 1.0 x batch/256 with wd 1e-5 and a tenth of the run as warm-up (solo-learn's byol.yaml), or SGD
     0.06 x batch/128 without warm-up (lightly's cifar10_benchmark.py), --lr and --wd overriding either. SwAV: LARS 0.6
-    x batch/256 (solo-learn's swav.yaml) or Adam 1e-3 x batch/128 without warm-up (lightly's), both at wd 1e-6."""
+    x batch/256 (solo-learn's swav.yaml) or Adam 1e-3 x batch/128 without warm-up (lightly's), both at wd 1e-6, or
+    SGD as BYOL's."""
     o = run_options.default_options(BYOL, batch_size=64, epochs=5)
     assert BYOL.optimizer_recipe(o) == ("lars", 1.0 * 64 / 256, 1e-5, 0.5)
     o = run_options.default_options(BYOL, batch_size=64, epochs=5, optimizer="sgd", wd=5e-4)
@@ -53,6 +54,8 @@ def test_byol_and_swav_optimizers_are_solo_learns_lars_or_lightlys():
     assert SwAV.optimizer_recipe(o) == ("lars", 0.6 * 64 / 256, 1e-6, 0.5)
     o = run_options.default_options(SwAV, batch_size=64, epochs=5, optimizer="adam")
     assert SwAV.optimizer_recipe(o) == ("adam", 1e-3 * 64 / 128, 1e-6, 0.0)
+    o = run_options.default_options(SwAV, batch_size=64, epochs=5, optimizer="sgd", wd=5e-4)
+    assert SwAV.optimizer_recipe(o) == ("sgd", 0.06 * 64 / 128, 5e-4, 0.0)
 
 
 def test_check_options_refuses_impossible_values():
