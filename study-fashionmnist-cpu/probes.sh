@@ -40,10 +40,13 @@ python search_augment.py --method byol "${common[@]}" --proj-hidden 512 --pred-h
 # lr takes it to the uniform fixed point (2026-12-07, AMD EPYC, fp32, each stopped early in epoch 2): 3e-3 (SimCLR's
 # lr in this table) loss 6.2378 after epoch 1 (ln 512 = 6.2383), kNN 64.77; 1e-3 (lightly's without the batch
 # scaling) loss 6.1155 after epoch 1 and 6.2386 in epoch 2, kNN 65.63 after epoch 1.
+# SwAV with SGD, as BYOL's fix (lightly's SGD: 0.06 x batch/128 = 0.03, momentum 0.9, wd 5e-4, `--optimizer sgd
+# --wd 5e-4`), stopped in epoch 2: the loss never left ln 512 (6.2399 after epoch 1, 6.2368 early in epoch 2), kNN
+# 68.52 after epoch 1: no signal to learn from.
 # The prototypes frozen for the whole run at the table's lr: 512 fixed unit vectors in 128 dimensions leave no
-# projection that scores alike against all of them, so the uniform prediction is out of reach. Measured (stopped in
-# epoch 2): loss 6.0487 after epoch 1, still falling (5.97 in epoch 2), but kNN 54.75, 18 points under the trained
-# prototypes' 72.89: the backbone loses its spread faster. SwAV's recipe stays; it trains 12 epochs (methods.sh)
+# projection that scores alike against all of them, so the uniform prediction is out of reach. A first try, stopped
+# in epoch 2: loss 6.0487 after epoch 1 and still falling (5.97), but kNN 54.75 (the Xeon's row: 72.89 with trained
+# prototypes). Its full 5 epochs: does kNN climb back, as MoCo's does after its first-epoch dip?
 python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --prototypes 512 \
     --freeze-prototypes-steps 1000000 --queue-length 1920 --queue-start 0 --optimizer adam \
     --study fashionmnist-cpu-probe-swav-frozen --out study-fashionmnist-cpu/probes/swav-frozen
