@@ -46,7 +46,8 @@ def methods_table(rows):
                         key=lambda group: (METHODS.index(group[0]), *group[1:])):
         (method, epochs, optimizer, lr), trained = group, [r for r in ours if recipe(r) == group]
         # each out dir of a method runs its network at init: the same run, so one a seed (the later, as by_seed)
-        init = list({r["seed"]: r for r in rows if r["method"] == method and not r["epochs"]}.values())
+        init = list({r["seed"]: r for r in rows if r["method"] == method and not r["epochs"]
+                     and r["seed"] in {t["seed"] for t in trained}}.values())  # the row's own seeds
         gain = paired_difference(by_seed(trained), by_seed(init))
         if gain is not None:
             gain = f"{gain.mean:+.2f}" + ("" if gain.low is None else f" [{gain.low:.2f}, {gain.high:.2f}]")

@@ -63,7 +63,7 @@ def test_methods_table_gives_a_longer_recipe_its_own_row(tmp_path, capsys):
     assert [row.split("|")[2].strip() for row in rows] == ["5", "8"]
     eight = [cell.strip() for cell in rows[1].strip("|").split("|")]
     assert eight[2] == "0, 1" and eight[3] == f"{statistics.mean(longer):.2f} ± {statistics.stdev(longer):.2f}"
-    init = [77.0, 75.0, 75.0]  # one init run a seed, the later of seed 0's two (as the paired difference takes it)
+    init = [77.0, 75.0]  # the row's seeds' init runs, one a seed: the later of seed 0's two (as the pairing takes it)
     assert eight[6].startswith(f"{statistics.mean(init):.2f} ± {statistics.stdev(init):.2f} / ")
     assert eight[7].startswith(f"+{statistics.mean([k - i for k, i in zip(longer, init)]):.2f}")
 
