@@ -43,10 +43,12 @@ python search_augment.py --method byol "${common[@]}" --proj-hidden 512 --pred-h
 # SwAV with SGD, as BYOL's fix (lightly's SGD: 0.06 x batch/128 = 0.03, momentum 0.9, wd 5e-4, `--optimizer sgd
 # --wd 5e-4`), stopped in epoch 2: the loss never left ln 512 (6.2399 after epoch 1, 6.2368 early in epoch 2), kNN
 # 68.52 after epoch 1: no signal to learn from.
-# The prototypes frozen for the whole run at the table's lr: 512 fixed unit vectors in 128 dimensions leave no
-# projection that scores alike against all of them, so the uniform prediction is out of reach. A first try, stopped
-# in epoch 2: loss 6.0487 after epoch 1 and still falling (5.97), but kNN 54.75 (the Xeon's row: 72.89 with trained
-# prototypes). Its full 5 epochs: does kNN climb back, as MoCo's does after its first-epoch dip?
+# The prototypes frozen for the whole run at the table's lr (`--freeze-prototypes-steps 1000000`): 512 fixed unit
+# vectors in 128 dimensions leave no projection that scores alike against all of them, so the exact uniform
+# prediction is out of reach. Stopped in epoch 2: loss 6.0487 after epoch 1 (kNN 54.75; the Xeon's row: 72.89 with
+# trained prototypes), then climbing back to 6.2395 by a third of epoch 2: near-uniform all the same.
+# Every collapse so far came sooner at a higher Adam lr (3e-3 in epoch 1, 1e-3 and 5e-4 on this CPU in epoch 2; 5e-4
+# on the Xeon not in 5 epochs): half the table's lr
 python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --prototypes 512 \
-    --freeze-prototypes-steps 1000000 --queue-length 1920 --queue-start 0 --optimizer adam \
-    --study fashionmnist-cpu-probe-swav-frozen --out study-fashionmnist-cpu/probes/swav-frozen
+    --freeze-prototypes-steps 0 --queue-length 1920 --queue-start 0 --optimizer adam --lr 2.5e-4 \
+    --study fashionmnist-cpu-probe-swav-lr2.5e-4 --out study-fashionmnist-cpu/probes/swav-lr2.5e-4
