@@ -52,3 +52,11 @@ python search_augment.py --method byol "${common[@]}" --proj-hidden 512 --pred-h
 # (6.2385 after epoch 1, 6.2351-6.2364 in epoch 2), kNN 61.77 after epoch 1, as SGD's: under 5e-4 no signal, over it
 # a collapse. Next: what the loss's two sides do (the entropy of the predictions and of the codes, the scores'
 # spread) in the first few hundred steps, before another lever.
+# study-fashionmnist-cpu/swav_sides.py (BENCHMARKS.md) shows why: the 64 images' projections are close at init (their
+# scores differ by 0.066) and Sinkhorn at eps 0.05 draws near-uniform codes from them, so within 50 steps the
+# projections collapse together. At eps 0.02 the codes are sharp (entropy ~4 against ln 512 = 6.24), the spread
+# across images grows (0.066, 0.027, 0.041, 0.039, 0.056, 0.083, 0.109 at steps 0-300) and the loss sits near 5.5.
+# The full 5 epochs of that lever:
+python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --prototypes 512 \
+    --freeze-prototypes-steps 0 --queue-length 1920 --queue-start 0 --optimizer adam --sinkhorn-eps 0.02 \
+    --study fashionmnist-cpu-probe-swav-eps0.02 --out study-fashionmnist-cpu/probes/swav-eps0.02
