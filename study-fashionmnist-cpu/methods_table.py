@@ -13,6 +13,7 @@ them (augmentations.sh step 2), and Spearman's rank correlation of each with the
 own test kNN after each earlier epoch (the budget alone, without a validation split's noise)."""
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 import openpyxl
@@ -46,8 +47,9 @@ def methods_table(rows):
                         key=lambda group: (METHODS.index(group[0]), *group[1:])):
         (method, epochs, optimizer, lr), trained = group, [r for r in ours if recipe(r) == group]
         # each out dir of a method runs its network at init: the same run, so one a seed (the later, as by_seed)
+        seeds = {r["seed"] for r in trained}
         init = list({r["seed"]: r for r in rows if r["method"] == method and not r["epochs"]
-                     and r["seed"] in {t["seed"] for t in trained}}.values())  # the row's own seeds
+                     and r["seed"] in seeds}.values())  # the row's own seeds
         gain = paired_difference(by_seed(trained), by_seed(init))
         if gain is not None:
             gain = f"{gain.mean:+.2f}" + ("" if gain.low is None else f" [{gain.low:.2f}, {gain.high:.2f}]")
@@ -65,9 +67,7 @@ def methods_table(rows):
 
 def hardware(runs):
     """Each machine that ran some of the runs, with how many when they differ: minutes and images/s are their mean."""
-    counts = {}
-    for run in runs:
-        counts[run.get("hardware") or "?"] = counts.get(run.get("hardware") or "?", 0) + 1
+    counts = Counter(run.get("hardware") or "?" for run in runs)
     return " / ".join(name if len(counts) == 1 else f"{name} ({n})" for name, n in counts.items())
 
 
