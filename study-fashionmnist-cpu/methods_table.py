@@ -11,6 +11,7 @@ fashionmnist-cpu-bf16) against its fp32 runs, seed by seed, and their curves epo
 specs as the study scores them (MoCo, 5 epochs, kNN on the test set, mean over seeds) and as each proxy study scores
 them (augmentations.sh step 2), and Spearman's rank correlation of each with the study; then the same for the study's
 own test kNN after each earlier epoch (the budget alone, without a validation split's noise)."""
+import json
 import statistics
 import sys
 from collections import Counter
@@ -37,15 +38,19 @@ def study_rows(runs, study=STUDY, precision="fp32"):
 
 
 def methods_table(rows):
-    """A row per method, epoch budget and optimizer (a method whose recipe changed keeps its earlier runs' row)."""
+    """A row per method, epoch budget, optimizer and method options (a method whose recipe changed keeps its earlier
+    runs' row); the last column names the options in which a method's rows differ."""
     print("| method | epochs | seeds | kNN top-1 final | kNN top-1 best | linear top-1 | the same network at init: kNN / "
-          "linear | kNN - init, paired | minutes a run | images/s | optimizer, lr | hardware |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "linear | kNN - init, paired | minutes a run | images/s | optimizer, lr | hardware | options apart |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     ours = [r for r in rows if r["epochs"] and r["aug"] == "ours" and not r.get("mix")]
-    recipe = lambda r: (r["method"], r["epochs"], r.get("optimizer") or "", r.get("lr") or 0)
-    for group in sorted({recipe(r) for r in ours if r["method"] in METHODS},
-                        key=lambda group: (METHODS.index(group[0]), *group[1:])):
-        (method, epochs, optimizer, lr), trained = group, [r for r in ours if recipe(r) == group]
+    recipe = lambda r: (r["method"], r["epochs"], r.get("optimizer") or "", r.get("lr") or 0,
+                        r.get("method_options") or "{}")
+    groups = sorted({recipe(r) for r in ours if r["method"] in METHODS},
+                    key=lambda group: (METHODS.index(group[0]), *group[1:]))
+    apart = options_apart(groups)
+    for group in groups:
+        (method, epochs, optimizer, lr, _), trained = group, [r for r in ours if recipe(r) == group]
         # each out dir of a method runs its network at init: the same run, so one a seed (the later, as by_seed)
         seeds = {r["seed"] for r in trained}
         init = list({r["seed"]: r for r in rows if r["method"] == method and not r["epochs"]
@@ -58,11 +63,24 @@ def methods_table(rows):
               f"{column(trained, 'knn_top1_best')} | {column(trained, 'linear_top1')} | "
               f"{column(init, 'knn_top1_final')} / {column(init, 'linear_top1')} | {gain or ''} | "
               f"{mean_std([r['wall_time_s'] / 60 for r in trained])} | {column(trained, 'images_per_s')} | "
-              f"{f'{optimizer} {lr:g}' if optimizer else ''} | {hardware(trained)} |")
+              f"{f'{optimizer} {lr:g}' if optimizer else ''} | {hardware(trained)} | {apart[group]} |")
     pixels = [r for r in rows if r["method"] == "pixels"][:1]
     if pixels:
         knn, linear = pixels[0]["knn_top1_final"], pixels[0]["linear_top1"]
-        print(f"| raw pixels (28 px) | | | {knn:.2f} | | {linear:.2f} | | | | | | |")
+        print(f"| raw pixels (28 px) | | | {knn:.2f} | | {linear:.2f} | | | | | | | |")
+
+
+def options_apart(groups):
+    """{group: "name value, ..."}: the method options (the workbook's method_options) whose values differ between a
+    method's rows, e.g. SwAV's sinkhorn_eps; empty where a method's rows share them all."""
+    options = {group: json.loads(group[-1]) for group in groups}
+    apart = {}
+    for group, chosen in options.items():
+        siblings = [options[other] for other in groups if other[0] == group[0]]
+        names = [name for name in chosen if any(other.get(name) != chosen[name] for other in siblings)]
+        apart[group] = ", ".join(f"{name} {chosen[name]:g}" if isinstance(chosen[name], float) else
+                                 f"{name} {chosen[name]}" for name in names)
+    return apart
 
 
 def hardware(runs):

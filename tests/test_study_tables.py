@@ -75,8 +75,22 @@ def test_methods_table_gives_another_optimizer_at_the_same_epochs_its_own_row(tm
     methods_table.main(str(path))
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| moco |")]
-    assert [(row[2], row[3], row[-2]) for row in rows] == [("0, 1, 2", "83.17 ± 0.76", ""),
+    assert [(row[2], row[3], row[-3]) for row in rows] == [("0, 1, 2", "83.17 ± 0.76", ""),
                                                            ("0, 1", "85.50 ± 0.71", "lars 0.25")]
+
+
+def test_methods_table_gives_other_method_options_their_own_row_and_names_them(tmp_path, capsys):
+    """Two SwAV settings at one optimizer, lr and budget (--sinkhorn-eps 0.05 and 0.02) are two recipes."""
+    path = tmp_path / "results.xlsx"
+    options = lambda eps: f'{{"prototypes": 512, "sinkhorn_eps": {eps}, "queue_length": 1920}}'
+    for eps, seed, knn in [(0.05, 0, 77.0), (0.02, 0, 80.0), (0.02, 1, 82.0)]:
+        results.append_run(path, study_run("ours", seed, knn, knn + 3, method="swav", optimizer="adam",
+                                           lr=5e-4, method_options=options(eps)), [])
+    methods_table.main(str(path))
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| swav |")]
+    assert [(row[2], row[3], row[-1]) for row in rows] == [("0, 1", "81.00 ± 1.41", "sinkhorn_eps 0.02"),
+                                                           ("0", "77.00", "sinkhorn_eps 0.05")]
 
 
 def test_methods_table_names_each_machine_that_ran_a_row(tmp_path, capsys):
@@ -87,8 +101,8 @@ def test_methods_table_names_each_machine_that_ran_a_row(tmp_path, capsys):
     results.append_run(path, study_run("ours", 0, 90.0, 91.0, method="supervised", hardware="AMD EPYC (2 cores)"), [])
     methods_table.main(str(path))
     out = capsys.readouterr().out
-    assert table(out, "moco")[-1] == "Intel Xeon (2 cores) (1) / AMD EPYC (2 cores) (2)"
-    assert table(out, "supervised")[-1] == "AMD EPYC (2 cores)"
+    assert table(out, "moco")[-2] == "Intel Xeon (2 cores) (1) / AMD EPYC (2 cores) (2)"
+    assert table(out, "supervised")[-2] == "AMD EPYC (2 cores)"
 
 
 def test_augmentations_table_pairs_each_spec_with_original_seed_by_seed(tmp_path, capsys):
