@@ -77,9 +77,8 @@ def options_apart(groups):
     apart = {}
     for group, chosen in options.items():
         siblings = [options[other] for other in groups if other[0] == group[0]]
-        names = [name for name in chosen if any(other.get(name) != chosen[name] for other in siblings)]
-        apart[group] = ", ".join(f"{name} {chosen[name]:g}" if isinstance(chosen[name], float) else
-                                 f"{name} {chosen[name]}" for name in names)
+        apart[group] = ", ".join(f"{name} {value}" for name, value in chosen.items()
+                                 if any(other.get(name) != value for other in siblings))
     return apart
 
 
