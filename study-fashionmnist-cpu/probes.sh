@@ -74,3 +74,24 @@ python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --protot
 python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --prototypes 512 \
     --freeze-prototypes-steps 0 --queue-length 1920 --queue-start 0 --optimizer adam --sinkhorn-eps 0.03 \
     --study fashionmnist-cpu-probe-swav-eps0.03 --out study-fashionmnist-cpu/probes/swav-eps0.03
+# From eps 0.03's stable climb, which stalled at init's kNN over 8 epochs while its loss kept falling: the backbone may
+# move too little. Adam 1e-3 (lightly's lr without the batch scaling; at eps 0.05 it collapsed in epoch 2 on this CPU).
+# Measured (2026-12-07, AMD EPYC, fp32): kNN 72.56, 72.45, 70.90, 73.63, 74.03, loss 6.06, 5.78, 5.47, 5.29, 5.18:
+# ahead after epoch 1, then behind 5e-4 (76.72, 77.31 after epochs 4-5), its loss higher: a larger step only costs.
+python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --prototypes 512 \
+    --freeze-prototypes-steps 0 --queue-length 1920 --queue-start 0 --optimizer adam --sinkhorn-eps 0.03 --lr 1e-3 \
+    --study fashionmnist-cpu-probe-swav-eps0.03-lr1e-3 --out study-fashionmnist-cpu/probes/swav-eps0.03-lr1e-3
+# SwAV's own augmentation (every SwAV reference trains on SimCLR's: crop, flip, jitter, gray; ours adds solarize,
+# CLAHE and brightness/contrast): do the codes of the two views agree enough to carry the image's class? Measured
+# (2026-12-07, AMD EPYC, fp32): kNN 62.52, 67.71 after epochs 1-2 (ours: 70.52, 73.05), loss 5.77, 5.50 (ours: 6.05,
+# 5.56): an easier task for the loss, a deeper dip for the backbone; stopped in epoch 3, no row.
+python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --prototypes 512 \
+    --freeze-prototypes-steps 0 --queue-length 1920 --queue-start 0 --optimizer adam --sinkhorn-eps 0.03 \
+    --grid simclr --study fashionmnist-cpu-probe-swav-eps0.03-simclr --out study-fashionmnist-cpu/probes/swav-eps0.03-simclr
+# No queue, as lightly's CIFAR-10 SwAV (batch 128, 512 prototypes, Adam 1e-3 x batch/128, no queue, eps 0.05) and
+# against the queue of 30 batches of stale projections from step 0 here (the official README: a queue started too
+# early or too long "can considerably disturb training"). Earlier without a queue the loss stayed at ln K, but at
+# eps 0.05, LARS and 100 prototypes.
+python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --prototypes 512 \
+    --freeze-prototypes-steps 0 --queue-length 0 --optimizer adam --sinkhorn-eps 0.03 \
+    --study fashionmnist-cpu-probe-swav-eps0.03-noqueue --out study-fashionmnist-cpu/probes/swav-eps0.03-noqueue
