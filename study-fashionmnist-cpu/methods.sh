@@ -15,19 +15,21 @@ common=(--dataset fashionmnist --width 0.25 --crop-size 28 --batch-size 64 --knn
         --precision fp32)  # the table's numeric setting: auto is bf16 on AMX (bf16.sh)
 declare -A recipe=(
   [moco]="--bn-splits 2 --lr 0.06 --no-cos --moco-k 4096"
-  [swav]="--proj-hidden 512 --prototypes 512 --freeze-prototypes-steps 0 --queue-length 1920 --queue-start 0
-          --optimizer adam --sinkhorn-eps 0.03"
+  [swav]="--proj-hidden 512 --prototypes 512 --freeze-prototypes-steps 0 --queue-length 0 --optimizer adam
+          --sinkhorn-eps 0.03"
   [simsiam]="--proj-dim 512 --pred-hidden 128 --lr 0.06"
   [byol]="--proj-hidden 512 --pred-hidden 512 --optimizer sgd --wd 5e-4"
   [simclr]="--lr 3e-3"
   [supervised]="--lr 3e-3"
 )
-declare -A epochs=([simsiam]=8 [byol]=8 [swav]=8)  # 5 for the others
+declare -A epochs=([simsiam]=8 [byol]=8)  # 5 for the others
+declare -A recipe_name=([swav]=noqueue)  # a method whose recipe changed at the same epochs: its own out dir
 for seeds in ${1:-1 2}; do
   for method in ${2:-moco swav simsiam byol simclr supervised}; do
     n=${epochs[$method]:-5}
     out=study-fashionmnist-cpu/$method
     [ "$n" = 5 ] || out+="-${n}epochs"
+    [ -z "${recipe_name[$method]:-}" ] || out+="-${recipe_name[$method]}"
     # shellcheck disable=SC2086
     python search_augment.py --method "$method" "${common[@]}" --epochs "$n" ${recipe[$method]} --seeds "$seeds" \
         --out "$out" || echo "methods.sh: $method seeds $seeds failed, going on"
