@@ -40,6 +40,8 @@ JSON_COLUMNS = ["policy", "method_options", "args"]  # long texts: a one-line pr
 # one setting; `data` names the split that was scored: a search's validation runs and its test re-checks share the rest
 SUMMARY_KEYS = ["study", "dataset", "method", "arch", "crop_size", "aug", "mix", "epochs", "optimizer", "lr", "precision",
                 "data"]
+SUMMARY_SPLITS = ["method_options"]  # split settings too, shown after the statistics: too long to print on every page
+SETTING_KEYS = SUMMARY_KEYS + SUMMARY_SPLITS
 COMPARED_KEYS = ["aug", "mix"]  # what the settings of one comparison differ in (the augmentation, with its mixing)
 SUMMARY_METRICS = ["knn_top1_final", "knn_top1_best", "linear_top1"]
 # each setting's kNN top-1 final against the reference of its comparison (the same setting but for the aug and the
@@ -381,18 +383,19 @@ def _next_run_id(runs):
 
 
 def _rebuild_summary(workbook):
-    """Mean ± sample std over the runs (seeds) of each setting (SUMMARY_KEYS: a study, or rows without one, split by
-    dataset, method, backbone, crop size, aug, mixing, epochs and precision); hardware does not split them."""
+    """Mean ± sample std over the runs (seeds) of each setting (SETTING_KEYS: a study, or rows without one, split by
+    dataset, method, backbone, crop size, aug, mixing, epochs, optimizer, lr, precision, data and method options);
+    hardware does not split them."""
     groups, references = {}, {}
     for record in _records(workbook["runs"]):
         groups.setdefault(_setting(record), []).append(record)
         references.setdefault(_comparison(_setting(record)), _setting(record))  # the first run's aug and mixing
     stats = [f"{metric}_{stat}" for metric in SUMMARY_METRICS for stat in ("mean", "std", "n")]
-    sheet = _new_table(workbook, "summary", [*SUMMARY_KEYS, "runs", "seeds", *stats, *PAIRED_COLUMNS])
+    sheet = _new_table(workbook, "summary", [*SUMMARY_KEYS, "runs", "seeds", *stats, *PAIRED_COLUMNS, *SUMMARY_SPLITS])
     for key in sorted(groups, key=lambda key: [_sort_key(value) for value in key]):
         records = groups[key]
         seeds = sorted({r.get("seed") for r in records if r.get("seed") is not None}, key=_sort_key)
-        row = [*key, len(records), ", ".join(map(str, seeds)) or None]
+        row = [*key[:len(SUMMARY_KEYS)], len(records), ", ".join(map(str, seeds)) or None]
         for metric in SUMMARY_METRICS:
             values = [r.get(metric) for r in records]
             values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -405,24 +408,26 @@ def _rebuild_summary(workbook):
             row += [_compared_label(reference), paired.pairs, _rounded(paired.mean),
                     *(None if v is None else _rounded(v) for v in (paired.low, paired.high)),
                     ("yes" if paired.excludes_zero else "no") if paired.low is not None else None]
-        _append_by_header(sheet, dict(zip(_header(sheet), row)))
+        else:
+            row += [None] * len(PAIRED_COLUMNS)
+        _append_by_header(sheet, dict(zip(_header(sheet), [*row, *key[len(SUMMARY_KEYS):]])))
         sheet.cell(sheet.max_row, len(SUMMARY_KEYS) + 2).alignment = Alignment(horizontal="right")  # seeds, as numbers
     sheet.print_title_cols = f"A:{get_column_letter(len(SUMMARY_KEYS))}"  # a group's name on every page
 
 
 def _setting(record):
-    """The setting a run belongs to (SUMMARY_KEYS' values): its seeds share it, the summary and the chart group by it."""
-    return tuple(record.get(key) for key in SUMMARY_KEYS)
+    """The setting a run belongs to (SETTING_KEYS' values): its seeds share it, the summary and the chart group by it."""
+    return tuple(record.get(key) for key in SETTING_KEYS)
 
 
 def _comparison(setting):
-    """The settings compared seed by seed: the same in every summary key but the aug and the mixing."""
-    return tuple(value for name, value in zip(SUMMARY_KEYS, setting) if name not in COMPARED_KEYS)
+    """The settings compared seed by seed: the same in every setting key but the aug and the mixing."""
+    return tuple(value for name, value in zip(SETTING_KEYS, setting) if name not in COMPARED_KEYS)
 
 
 def _compared_label(setting):
     """What a comparison's reference is, in the `vs` column: its aug, and its mixing if it mixes."""
-    aug, mix = (setting[SUMMARY_KEYS.index(name)] for name in COMPARED_KEYS)
+    aug, mix = (setting[SETTING_KEYS.index(name)] for name in COMPARED_KEYS)
     return aug if mix is None else f"{aug}, mix {mix}"
 
 
@@ -473,7 +478,7 @@ def _knn_readings(workbook, run_ids):
 
 
 def _setting_curves(workbook):
-    """[(summary key, number of runs, {epoch: mean kNN top-1 over the runs})] of every setting (SUMMARY_KEYS) with a
+    """[(setting, number of runs, {epoch: mean kNN top-1 over the runs})] of every setting (SETTING_KEYS) with a
     kNN reading, the setting of the newest run last. A run's later curve rows for an epoch replace its earlier ones."""
     runs = {record.get("run_id"): record for record in _records(workbook["runs"])}
     readings = _knn_readings(workbook, runs)
@@ -492,12 +497,34 @@ def _setting_curves(workbook):
 
 
 def _setting_labels(keys):
-    """Method and aug, and every other summary key whose value differs between the charted settings."""
+    """Method and aug, and every other setting key whose value differs between the charted settings; of the method
+    options, those in which the method's charted settings differ."""
     varying = {name for i, name in enumerate(SUMMARY_KEYS) if len({key[i] for key in keys}) > 1}
     shown = [i for i, name in enumerate(SUMMARY_KEYS) if name in {"method", "aug"} | varying]
     names = {"epochs": "{} ep", "crop_size": "{} px", "lr": "lr {:g}"}
-    return [" ".join(names.get(SUMMARY_KEYS[i], "{}").format(key[i]) for i in shown if key[i] not in (None, ""))
-            for key in keys]
+    method, options = SETTING_KEYS.index("method"), SETTING_KEYS.index("method_options")
+    parsed = [_json_object(key[options]) for key in keys]
+    apart = {}  # method -> the option names whose values differ between its charted settings
+    for key, values in zip(keys, parsed):
+        apart.setdefault(key[method], []).append(values)
+    apart = {name: {option for option in set().union(*settings)
+                    if len({json.dumps(values.get(option)) for values in settings}) > 1}
+             for name, settings in apart.items()}
+    labels = []
+    for key, values in zip(keys, parsed):
+        words = [names.get(SUMMARY_KEYS[i], "{}").format(key[i]) for i in shown if key[i] not in (None, "")]
+        differing = ", ".join(f"{option} {value}" for option, value in values.items() if option in apart[key[method]])
+        labels.append(" ".join(words + [differing] if differing else words))
+    return labels
+
+
+def _json_object(text):
+    """A JSON cell's object ({} for an empty cell or text that is not a JSON object, e.g. one a user typed)."""
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _rebuild_chart(workbook):

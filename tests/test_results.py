@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import openpyxl
+from openpyxl.utils import get_column_letter
 import pytest
 
 import results
@@ -304,6 +305,26 @@ def test_summary_keeps_two_recipes_of_one_method_apart(tmp_path):
     summary = {(r["optimizer"], r["lr"]): r for r in records(openpyxl.load_workbook(path)["summary"])}
     assert {key: (r["runs"], r["knn_top1_final_mean"]) for key, r in summary.items()} == {
         ("lars", 0.25): (1, 78.0), ("sgd", 0.03): (2, 84.5), ("sgd", 0.06): (1, 83.0)}
+
+
+def test_summary_and_chart_keep_two_settings_of_a_method_option_apart(tmp_path):
+    """SwAV with its queue and without it, in one study at one optimizer, lr and budget, were one summary row: the
+    setting is also its method options, shown after the statistics (a long text, not a printed title column), and a
+    chart line names the options in which it differs from the other lines."""
+    path = tmp_path / "results.xlsx"
+    queue = {"prototypes": 512, "sinkhorn_eps": 0.05, "queue_length": 1920}
+    no_queue = {"prototypes": 512, "sinkhorn_eps": 0.03, "queue_length": 0}
+    for options, seed, final in [(queue, 0, 77.0), (no_queue, 0, 83.0), (no_queue, 1, 84.0)]:
+        results.append_run(path, make_run(method="swav", study="cpu", method_options=options, seed=seed,
+                                          knn_top1_final=final), make_curves())
+    book = openpyxl.load_workbook(path)
+    summary = {json.loads(r["method_options"])["queue_length"]: r for r in records(book["summary"])}
+    assert {q: (r["runs"], r["knn_top1_final_mean"]) for q, r in summary.items()} == {1920: (1, 77.0), 0: (2, 83.5)}
+    assert rows(book["summary"])[0][-1] == "method_options"
+    assert book["summary"].print_title_cols == f"$A:${get_column_letter(len(results.SUMMARY_KEYS))}"
+    chart_xml = read_part(path, "xl/charts/chart1.xml")
+    assert "<v>swav ours sinkhorn_eps 0.05, queue_length 1920 (1 run)</v>" in chart_xml
+    assert "<v>swav ours sinkhorn_eps 0.03, queue_length 0 (2 runs)</v>" in chart_xml
 
 
 def test_summary_keeps_validation_scores_apart_from_test_scores(tmp_path):
