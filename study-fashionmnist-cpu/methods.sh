@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The methods table on Fashion-MNIST at the CPU recipe (README "No GPU? ..."): every method at the same backbone
 # (ResNet-18 at width 0.25, CIFAR stem), 28-px crops (SwAV: no local crops, BENCHMARKS.md), batch 64, 5 epochs of the
-# full 60,000 training images (SimSiam, BYOL and SwAV 8: at 5 they end still climbing, near or under the bar; SwAV at
-# --sinkhorn-eps 0.03, the first setting that climbs every epoch on the AMD EPYC (probes.sh), but not yet a recipe:
-# 77.01 kNN after 8 epochs, +0.61 over init, its loss falling throughout), aug `ours`, kNN
+# full 60,000 training images (SimSiam and BYOL 8: at 5 they end still climbing, under the bar; SwAV without a queue
+# at --sinkhorn-eps 0.03: with its queue of 1,920 from step 0 it stayed at init's kNN, its earlier rows in swav/ and
+# swav-8epochs/, probes.sh and BENCHMARKS.md), aug `ours`, kNN
 # (k 200, t 0.1, full training set as bank, full test set) every epoch, a 100-epoch linear probe, with the network at
 # init and raw pixels. Seed 0 of every method first, then seed 1: rerunning skips finished runs (grid.json), and a
-# killed run continues from its checkpoint. A method at other than 5 epochs has its own out dir (METHOD-Nepochs).
+# killed run continues from its checkpoint. A method at other than 5 epochs has its own out dir (METHOD-Nepochs), as
+# has a recipe that changed at the same epochs (METHOD-NAME).
 # Usage: bash study-fashionmnist-cpu/methods.sh [SEEDS] [METHODS] (SEEDS: how many, from 0; default 1, then 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
