@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import openpyxl
-from openpyxl.utils import get_column_letter
 import pytest
+from openpyxl.utils import get_column_letter
 
 import results
 from conftest import needs
