@@ -87,7 +87,8 @@ python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --protot
 # 5.56): an easier task for the loss, a deeper dip for the backbone; stopped in epoch 3, no row.
 python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --prototypes 512 \
     --freeze-prototypes-steps 0 --queue-length 1920 --queue-start 0 --optimizer adam --sinkhorn-eps 0.03 \
-    --grid simclr --study fashionmnist-cpu-probe-swav-eps0.03-simclr --out study-fashionmnist-cpu/probes/swav-eps0.03-simclr
+    --grid simclr --study fashionmnist-cpu-probe-swav-eps0.03-simclr \
+    --out study-fashionmnist-cpu/probes/swav-eps0.03-simclr
 # No queue, as lightly's CIFAR-10 SwAV (batch 128, 512 prototypes, Adam 1e-3 x batch/128, no queue, eps 0.05) and
 # against the queue of 30 batches of stale projections from step 0 here (the official README: a queue started too
 # early or too long "can considerably disturb training"). Earlier without a queue the loss stayed at ln K, but at
@@ -110,7 +111,10 @@ python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --protot
 python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --prototypes 512 \
     --freeze-prototypes-steps 0 --queue-length 0 --optimizer adam --sinkhorn-eps 0.03 --local-crops 4 \
     --study fashionmnist-cpu-probe-swav-noqueue-local4 --out study-fashionmnist-cpu/probes/swav-noqueue-local4
-# Fewer, larger local crops: 2 of 20 px at 20-50% of the image (global crops keep 8-100%).
+# Fewer, larger local crops: 2 of 20 px at 20-50% of the image (global crops keep 8-100%). Measured (2026-12-07, AMD
+# EPYC, fp32): kNN 77.37, 82.33, 83.95, 84.19, 84.15 (+7.75 over init; without local crops 82.99), loss 5.52, 4.90,
+# 4.66, 4.53, 4.47, 30 minutes a run at about 180 images/s (21 without local crops): SwAV's multi-crop learns here,
+# ahead from epoch 2 on. One seed: a table row of its own (seeds 0 and 1, with the linear probe) is next.
 python search_augment.py --method swav "${common[@]}" --proj-hidden 512 --prototypes 512 \
     --freeze-prototypes-steps 0 --queue-length 0 --optimizer adam --sinkhorn-eps 0.03 --local-crops 2 \
     --local-size 20 --local-scale 0.2 0.5 \
