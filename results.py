@@ -503,19 +503,20 @@ def _setting_labels(keys):
     shown = [i for i, name in enumerate(SUMMARY_KEYS) if name in {"method", "aug"} | varying]
     names = {"epochs": "{} ep", "crop_size": "{} px", "lr": "lr {:g}"}
     method, options = SETTING_KEYS.index("method"), SETTING_KEYS.index("method_options")
-    parsed = [_json_object(key[options]) for key in keys]
-    apart = {}  # method -> the option names whose values differ between its charted settings
-    for key, values in zip(keys, parsed):
-        apart.setdefault(key[method], []).append(values)
-    apart = {name: {option for option in set().union(*settings)
-                    if len({json.dumps(values.get(option)) for values in settings}) > 1}
-             for name, settings in apart.items()}
+    apart = options_apart([(key[method], _json_object(key[options])) for key in keys])
     labels = []
-    for key, values in zip(keys, parsed):
+    for key, differing in zip(keys, apart):
         words = [names.get(SUMMARY_KEYS[i], "{}").format(key[i]) for i in shown if key[i] not in (None, "")]
-        differing = ", ".join(f"{option} {value}" for option, value in values.items() if option in apart[key[method]])
         labels.append(" ".join(words + [differing] if differing else words))
     return labels
+
+
+def options_apart(settings):
+    """For each (method, {option: value}) setting, "name value, ..." of its options whose values differ in another
+    setting of the same method (e.g. SwAV's sinkhorn_eps); empty where a method's settings share them all."""
+    return [", ".join(f"{name} {value}" for name, value in options.items()
+                      if any(other.get(name) != value for other_method, other in settings if other_method == method))
+            for method, options in settings]
 
 
 def _json_object(text):

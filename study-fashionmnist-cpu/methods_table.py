@@ -20,6 +20,7 @@ from pathlib import Path
 import openpyxl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results import options_apart  # noqa: E402
 from stats import by_seed, mean_std, paired_difference, rank_agreement  # noqa: E402
 
 STUDY, METHODS = "fashionmnist-cpu", ["moco", "simclr", "byol", "simsiam", "swav", "supervised"]
@@ -48,7 +49,7 @@ def methods_table(rows):
                         r.get("method_options") or "{}")
     groups = sorted({recipe(r) for r in ours if r["method"] in METHODS},
                     key=lambda group: (METHODS.index(group[0]), *group[1:]))
-    apart = options_apart(groups)
+    apart = dict(zip(groups, options_apart([(group[0], json.loads(group[-1])) for group in groups])))
     for group in groups:
         (method, epochs, optimizer, lr, _), trained = group, [r for r in ours if recipe(r) == group]
         # each out dir of a method runs its network at init: the same run, so one a seed (the later, as by_seed)
@@ -68,18 +69,6 @@ def methods_table(rows):
     if pixels:
         knn, linear = pixels[0]["knn_top1_final"], pixels[0]["linear_top1"]
         print(f"| raw pixels (28 px) | | | {knn:.2f} | | {linear:.2f} | | | | | | | |")
-
-
-def options_apart(groups):
-    """{group: "name value, ..."}: the method options (the workbook's method_options) whose values differ between a
-    method's rows, e.g. SwAV's sinkhorn_eps; empty where a method's rows share them all."""
-    options = {group: json.loads(group[-1]) for group in groups}
-    apart = {}
-    for group, chosen in options.items():
-        siblings = [options[other] for other in groups if other[0] == group[0]]
-        apart[group] = ", ".join(f"{name} {value}" for name, value in chosen.items()
-                                 if any(other.get(name) != value for other in siblings))
-    return apart
 
 
 def hardware(runs):
